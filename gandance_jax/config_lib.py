@@ -1,0 +1,302 @@
+"""Config defaults shared by every experiment file in configs/, and their validation.
+
+An experiment file calls `base_config()` and overrides what differs. `validate_config` runs
+at start-up and fails with a message naming the bad field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the full config tree with NVIDIA's StyleGAN2 defaults."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Data: see gandance_jax/data (name in digits, cifar10, imagenet_resized/32x32,
+  # imagenet_resized/64x64, npz, folder, mixture_8gaussians, mixture_25gaussians).
+  config.data = ml_collections.ConfigDict(dict(
+      name="digits", resolution=16, xflip=False, path="", data_dir="", seed=0))
+
+  # Networks: keyword arguments of stylegan2.Generator / stylegan2.Discriminator.
+  config.generator = ml_collections.ConfigDict(dict(
+      z_dim=512, w_dim=512, num_classes=10, empty_class=True, resolution=16,
+      img_channels=1, mapping_layers=8, channel_base=32768, channel_max=512,
+      architecture="skip", conv_clamp=256.0, w_avg_beta=0.995))
+  config.discriminator = ml_collections.ConfigDict(dict(
+      num_classes=10, empty_class=True, resolution=16, img_channels=1,
+      architecture="resnet", channel_base=32768, channel_max=512, conv_clamp=256.0,
+      mapping_layers=8, mbstd_group_size=4, mbstd_num_channels=1))
+
+  # Training (NVIDIA's loss/regularisation schedule; GANdance label reset).
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=64,             # Global batch size (all devices, all processes).
+      total_kimg=25000.0,         # Training length in thousands of real images shown.
+      g_lr=0.0025, d_lr=0.0025,  # Adam learning rates.
+      betas=(0.0, 0.99), eps=1e-8,
+      r1_gamma=10.0,             # R1 weight; 0 disables.
+      r1_interval=16,            # Lazy R1 every N steps (mb_ratio scaling of lr and betas).
+      pl_weight=0.0,             # Path-length regularisation weight; 0 disables.
+      pl_interval=4, pl_batch_shrink=2, pl_decay=0.01,
+      ema_kimg=10.0,             # Half-life of the G EMA in thousands of images.
+      ema_rampup=0.05,           # EMA ramp-up (fraction of images seen), None = off.
+      style_mixing_prob=0.9,     # Probability of style mixing regularisation.
+      label_reset_prob=0.1,      # GANdance p: labels reset to the empty id (needs empty_class).
+      augment="none",            # 'none', 'diffaugment' or 'ada'.
+      augment_policy="color,translation,cutout",  # DiffAugment ops (train/augment.py).
+      augment_p=1.0,             # 'diffaugment': fixed probability of each op per image.
+      ada_target=0.6, ada_kimg=100,  # 'ada': target E[sign(D(real))], speed of p (kimg).
+      ada_interval=4,            # 'ada': adjust p every N steps.
+  ))
+
+  # Mesh: a 1-D data-parallel mesh; -1 = all devices.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1))
+
+  # Logging, checkpoints, samples.
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.sample_every_steps = 1000
+  config.grid_per_class = 8        # Columns of the periodic sample grid (one row per class).
+  config.prefetch = 2              # Batches put on the devices ahead of the step.
+
+  # Class accuracy of conditional samples (digits only; the digits analogue of the paper's
+  # classifier score): measured with G EMA at the end of training and every `every_steps`
+  # (0 = only at the end), `num_per_class` samples per class, plain conditional sampling.
+  config.class_accuracy = ml_collections.ConfigDict(dict(num_per_class=100, every_steps=0))
+
+  # In-loop evaluators: name -> dict(type=..., ...). See gandance_jax/evaluation/evaluator.py.
+  config.evals = ml_collections.ConfigDict()
+
+  # Sampling defaults for --mode=sample (guidance: GANdance, supplementary Alg. 2 / 3).
+  # See gandance_jax/sample_cli.py for what is written.
+  config.sample = ml_collections.ConfigDict(dict(
+      mode="learned",            # 'none', 'training_free' or 'learned'.
+      scales=(1.0, 1.1, 1.2, 1.3, 1.4, 1.5),  # Columns of the guidance grids (Fig. 5 / S1).
+      num_opposite=0,            # |C| for training-free guidance, 0 = all classes.
+      opposite_labels=(),        # A fixed opposite set C (ids); () = a random C per sample.
+      truncation_psi=1.0,        # Truncation psi (1 = off), applied after guidance.
+      num_samples=1000,          # N images per .npz (ADM layout: arr_0 uint8, arr_1 labels).
+      batch_size=250,            # Images per compiled chunk (rounded up to the device count).
+      noise_mode="const",        # 'const', 'random' (per-sample) or 'none'.
+      seed=0,
+      npz_scales=(1.3,),         # One .npz of num_samples images per guidance scale.
+      layer_scales="",           # Layer-wise schedule 'res:scale,...' (e.g. '4:1.5,8:1.5,16:1.5,
+                                 # 32:1.1,64:1'); if set, replaces npz_scales / interp_scale.
+      classes=(),                # Class ids of the grid rows; () = 8 classes spread over all.
+      grid_rows_per_class=1,     # Rows (z's) per class in the grids.
+      interp_pairs=(),           # ((a, b), ...) interpolation ends; () = consecutive classes.
+      interp_steps=8,            # Images per interpolation strip (Fig. S3).
+      interp_scale=1.3,          # Guidance scale of the interpolation ends (Fig. S3: 1.3).
+      outputs=("grid", "interp", "npz"),  # What --mode=sample writes.
+      quantization="adm",        # uint8 convention of the .npz ('adm' or 'nvidia').
+      outdir="",                 # '' = <workdir>/samples/step_<step>.
+  ))
+  return config
+
+
+DATA_NAMES = ("digits", "cifar10", "imagenet_resized/32x32", "imagenet_resized/64x64", "npz",
+              "folder", "mixture_8gaussians", "mixture_25gaussians")
+ARCHITECTURES = ("orig", "skip", "resnet")
+AUGMENTS = ("none", "diffaugment", "ada")
+AUGMENT_OPS = ("color", "translation", "cutout")
+SAMPLE_MODES = ("none", "training_free", "learned")
+NOISE_MODES = ("random", "const", "none")
+
+
+class ConfigError(ValueError):
+  """An invalid config value; the message names the field."""
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+  raise ConfigError(f"config.{field} = {value!r} is invalid: {allowed}")
+
+
+def _choice(cfg: Any, field: str, allowed: tuple[Any, ...], prefix: str) -> None:
+  value = cfg[field]
+  if value not in allowed:
+    _fail(f"{prefix}.{field}", value, f"allowed values are {list(allowed)}")
+
+
+def _positive_int(cfg: Any, field: str, prefix: str, allow_zero: bool = False) -> None:
+  value = cfg[field]
+  ok = isinstance(value, int) and not isinstance(value, bool) and (
+      value >= 0 if allow_zero else value > 0)
+  if not ok:
+    _fail(f"{prefix}.{field}", value, "must be an integer " + (">= 0" if allow_zero else "> 0"))
+
+
+def _number(cfg: Any, field: str, prefix: str, lo: float | None = None, hi: float | None = None,
+            allow_none: bool = False) -> None:
+  value = cfg[field]
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    _fail(f"{prefix}.{field}", value, "must be a finite number")
+  if lo is not None and value < lo:
+    _fail(f"{prefix}.{field}", value, f"must be >= {lo}")
+  if hi is not None and value > hi:
+    _fail(f"{prefix}.{field}", value, f"must be <= {hi}")
+
+
+def _power_of_two(cfg: Any, field: str, prefix: str, minimum: int = 4) -> None:
+  value = cfg[field]
+  if not isinstance(value, int) or value < minimum or value & (value - 1):
+    _fail(f"{prefix}.{field}", value, f"must be a power of two >= {minimum}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first invalid field (and the allowed values)."""
+  _choice(config.data, "name", DATA_NAMES, "data")
+  g, d, t = config.generator, config.discriminator, config.train
+  is_toy = config.data.name.startswith("mixture_")
+  if not is_toy:
+    _power_of_two(config.data, "resolution", "data", minimum=4)
+    _power_of_two(g, "resolution", "generator")
+    _power_of_two(d, "resolution", "discriminator", minimum=8)
+    for net, prefix in ((g, "generator"), (d, "discriminator")):
+      _choice(net, "architecture", ARCHITECTURES, prefix)
+      if net.resolution != config.data.resolution:
+        _fail(f"{prefix}.resolution", net.resolution,
+              f"must equal data.resolution = {config.data.resolution}")
+      _positive_int(net, "channel_base", prefix)
+      _positive_int(net, "channel_max", prefix)
+      _positive_int(net, "img_channels", prefix)
+    if g.img_channels != d.img_channels:
+      _fail("discriminator.img_channels", d.img_channels,
+            f"must equal generator.img_channels = {g.img_channels}")
+    _positive_int(g, "z_dim", "generator")
+    _positive_int(g, "w_dim", "generator")
+    _positive_int(g, "mapping_layers", "generator")
+  for net, prefix in ((g, "generator"), (d, "discriminator")):
+    _positive_int(net, "num_classes", prefix, allow_zero=True)
+    if net.empty_class and net.num_classes == 0:
+      _fail(f"{prefix}.empty_class", True, "needs num_classes > 0")
+  if (g.num_classes, g.empty_class) != (d.num_classes, d.empty_class):
+    _fail("discriminator.num_classes", (d.num_classes, d.empty_class),
+          f"(num_classes, empty_class) must match the generator's {(g.num_classes, g.empty_class)}")
+
+  _positive_int(t, "batch_size", "train")
+  _number(t, "total_kimg", "train", lo=0)
+  for f in ("g_lr", "d_lr"):
+    _number(t, f, "train", lo=0)
+  betas = tuple(t.betas)
+  if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+    _fail("train.betas", t.betas, "must be two numbers in [0, 1)")
+  _number(t, "r1_gamma", "train", lo=0)
+  _positive_int(t, "r1_interval", "train")
+  _number(t, "pl_weight", "train", lo=0)
+  _positive_int(t, "pl_interval", "train")
+  _number(t, "ema_kimg", "train", lo=0)
+  _number(t, "ema_rampup", "train", lo=0, allow_none=True)
+  _number(t, "style_mixing_prob", "train", lo=0, hi=1)
+  _number(t, "label_reset_prob", "train", lo=0, hi=1)
+  if t.label_reset_prob > 0 and not g.empty_class:
+    _fail("train.label_reset_prob", t.label_reset_prob,
+          "must be 0 unless generator.empty_class is True (reset labels go to the empty id)")
+  _choice(t, "augment", AUGMENTS, "train")
+  ops = [op.strip() for op in str(t.augment_policy).split(",") if op.strip()]
+  if t.augment != "none" and (not ops or any(op not in AUGMENT_OPS for op in ops)):
+    _fail("train.augment_policy", t.augment_policy,
+          f"must be a comma-separated list of {list(AUGMENT_OPS)}")
+  _number(t, "augment_p", "train", lo=0, hi=1)
+  _number(t, "ada_target", "train", lo=0, hi=1)
+  _number(t, "ada_kimg", "train", lo=1e-6)
+  _positive_int(t, "ada_interval", "train")
+  _positive_int(t, "pl_batch_shrink", "train")
+  _number(t, "pl_decay", "train", lo=0, hi=1)
+  _number(t, "eps", "train", lo=0)
+
+  mesh_data = config.mesh.data
+  if not isinstance(mesh_data, int) or (mesh_data != -1 and mesh_data <= 0):
+    _fail("mesh.data", mesh_data, "must be -1 (all devices) or a positive device count")
+  for f in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+            "sample_every_steps", "grid_per_class", "prefetch"):
+    value = config[f]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      _fail(f, value, "must be an integer > 0")
+
+  _positive_int(config.class_accuracy, "num_per_class", "class_accuracy")
+  _positive_int(config.class_accuracy, "every_steps", "class_accuracy", allow_zero=True)
+
+  s = config.sample
+  validate_sample_config(s, g.num_classes, g.empty_class)
+
+
+SAMPLE_OUTPUTS = ("grid", "interp", "npz")
+QUANTIZATIONS = ("nvidia", "adm")
+
+
+def _class_id(value: Any, field: str, num_classes: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
+    _fail(field, value, f"must be a class id in [0, {num_classes})")
+
+
+def _finite(value: Any, field: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    _fail(field, value, "must be a finite number")
+
+
+def validate_sample_config(s: Any, num_classes: int, empty_class: bool) -> None:
+  """Checks `config.sample` against a generator with `num_classes` (+ the empty class)."""
+  _choice(s, "mode", SAMPLE_MODES, "sample")
+  _choice(s, "noise_mode", NOISE_MODES, "sample")
+  _choice(s, "quantization", QUANTIZATIONS, "sample")
+  if s.mode != "none" and num_classes == 0:
+    _fail("sample.mode", s.mode, "guidance needs a class-conditional generator")
+  if s.mode == "learned" and not empty_class:
+    _fail("sample.mode", s.mode, "'learned' needs generator.empty_class = True")
+  if not len(s.scales):
+    _fail("sample.scales", s.scales, "must hold at least one scale")
+  for i, scale in enumerate(s.scales):
+    _finite(scale, f"sample.scales[{i}]")
+  if not len(s.npz_scales):
+    _fail("sample.npz_scales", s.npz_scales, "must hold at least one scale")
+  for i, scale in enumerate(s.npz_scales):
+    _finite(scale, f"sample.npz_scales[{i}]")
+  _finite(s.interp_scale, "sample.interp_scale")
+  if s.layer_scales:
+    for item in str(s.layer_scales).replace(" ", "").split(","):
+      parts = item.split(":")
+      try:
+        ok = len(parts) == 2 and int(parts[0]) >= 4 and math.isfinite(float(parts[1]))
+      except ValueError:
+        ok = False
+      if not ok:
+        _fail("sample.layer_scales", s.layer_scales,
+              "must look like '4:1.5,8:1.5,16:1.5,32:1.1,64:1' (resolution:finite scale)")
+  _positive_int(s, "num_opposite", "sample", allow_zero=True)
+  if s.num_opposite > num_classes:
+    _fail("sample.num_opposite", s.num_opposite,
+          f"must be <= the number of classes {num_classes} (0 = all classes)")
+  opposite = list(s.opposite_labels)
+  if opposite:
+    if len(opposite) > num_classes:
+      _fail("sample.opposite_labels", s.opposite_labels,
+            f"has {len(opposite)} ids but there are only {num_classes} classes")
+    for c in opposite:
+      _class_id(c, "sample.opposite_labels", num_classes)
+    if len(set(opposite)) != len(opposite):
+      _fail("sample.opposite_labels", s.opposite_labels, "must not repeat a class id")
+  for c in s.classes:
+    _class_id(c, "sample.classes", num_classes)
+  for pair in s.interp_pairs:
+    if len(pair) != 2:
+      _fail("sample.interp_pairs", s.interp_pairs, "must be pairs (a, b) of class ids")
+    for c in pair:
+      _class_id(c, "sample.interp_pairs", num_classes)
+  _number(s, "truncation_psi", "sample")
+  _positive_int(s, "num_samples", "sample")
+  _positive_int(s, "batch_size", "sample")
+  _positive_int(s, "grid_rows_per_class", "sample")
+  _positive_int(s, "interp_steps", "sample")
+  if s.interp_steps < 2:
+    _fail("sample.interp_steps", s.interp_steps, "must be >= 2")
+  for out in s.outputs:
+    if out not in SAMPLE_OUTPUTS:
+      _fail("sample.outputs", s.outputs, f"entries must be in {list(SAMPLE_OUTPUTS)}")
+  _positive_int(s, "seed", "sample", allow_zero=True)

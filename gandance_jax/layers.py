@@ -1,0 +1,330 @@
+"""StyleGAN2 building blocks in JAX/Flax, numerically equivalent to NVIDIA's reference ops.
+
+Everything here is NHWC. Convolution weights are stored as ``[kh, kw, in, out]`` *before*
+the equalized-learning-rate gain (the gain is applied at run time, as in NVIDIA's
+stylegan2-ada-pytorch), fully-connected weights as ``[in, out]``.
+
+Resampling follows NVIDIA's ``upfirdn2d`` exactly (zero insertion, pad/crop, true
+convolution with the FIR filter, decimation), with the filter held as a 2-D array in the
+``buffers`` collection, so imported networks whose filters differ from the default
+``[1, 3, 3, 1]`` are reproduced too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+BUFFERS = "buffers"  # Non-trainable variables (filters, constant noise, w_avg).
+
+# --------------------------------------------------------------------------------------
+# Elementwise ops.
+
+_ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], float]] = {
+    "linear": (lambda x: x, 1.0),
+    "relu": (jax.nn.relu, float(np.sqrt(2))),
+    "lrelu": (lambda x: jax.nn.leaky_relu(x, 0.2), float(np.sqrt(2))),
+}
+
+
+def activation_gain(act: str) -> float:
+  """Default gain of an activation (sqrt(2) for (l)relu), as NVIDIA's ``def_gain``."""
+  if act not in _ACTIVATIONS:
+    raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
+  return _ACTIVATIONS[act][1]
+
+
+def bias_act(x: Array, b: Array | None = None, act: str = "linear", gain: float | None = None,
+             clamp: float | None = None) -> Array:
+  """Adds a bias over the last (channel) axis, applies ``act``, scales by ``gain``, clamps.
+
+  Same order of operations as NVIDIA's ``bias_act``; ``gain=None`` means the activation's
+  default gain.
+  """
+  fn, def_gain = _ACTIVATIONS[act] if act in _ACTIVATIONS else (None, None)
+  if fn is None:
+    raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
+  if b is not None:
+    x = x + b.astype(x.dtype)
+  x = fn(x)
+  gain = def_gain if gain is None else gain
+  if gain != 1:
+    x = x * gain
+  if clamp is not None and clamp >= 0:
+    x = jnp.clip(x, -clamp, clamp)
+  return x
+
+
+def normalize_2nd_moment(x: Array, axis: int = -1, eps: float = 1e-8) -> Array:
+  """x / sqrt(mean(x^2) + eps) along ``axis``."""
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True) + eps)
+
+
+# --------------------------------------------------------------------------------------
+# FIR resampling (upfirdn2d).
+
+
+def setup_filter(f: Sequence[float] | np.ndarray = (1, 3, 3, 1), normalize: bool = True
+                 ) -> np.ndarray:
+  """Returns the 2-D FIR filter ``[fh, fw]`` NVIDIA builds from a 1-D tap list (outer product)."""
+  f = np.asarray(f, dtype=np.float32)
+  if f.ndim == 0:
+    f = f[None]
+  if f.ndim == 1:
+    f = np.outer(f, f)
+  if f.ndim != 2:
+    raise ValueError(f"filter must be 1-D or 2-D, got shape {f.shape}")
+  if normalize:
+    f = f / f.sum()
+  return f.astype(np.float32)
+
+
+def _parse_padding(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
+  if isinstance(padding, int):
+    return padding, padding, padding, padding
+  if len(padding) == 2:
+    px, py = padding
+    return px, px, py, py
+  px0, px1, py0, py1 = padding
+  return px0, px1, py0, py1
+
+
+def upfirdn2d(x: Array, f: Array | None, up: int = 1, down: int = 1,
+              padding: int | Sequence[int] = 0, flip_filter: bool = False,
+              gain: float = 1.0) -> Array:
+  """Upsample (zero insertion), pad/crop, FIR-filter and downsample a batch of images.
+
+  Args:
+    x: [N, H, W, C].
+    f: [fh, fw] filter (None = identity).
+    up, down: integer factors.
+    padding: (x0, x1, y0, y1) w.r.t. the upsampled image; negative values crop.
+    flip_filter: False = convolution (NVIDIA's default), True = correlation.
+    gain: overall signal gain.
+  Returns:
+    [N, H', W', C].
+  """
+  px0, px1, py0, py1 = _parse_padding(padding)
+  c = x.shape[-1]
+  # Zero insertion puts up-1 zeros *after* every pixel, then pads/crops: lax.pad does both.
+  zero = jnp.zeros((), x.dtype)
+  x = jax.lax.pad(x, zero, [(0, 0, 0), (py0, py1 + up - 1, up - 1),
+                            (px0, px1 + up - 1, up - 1), (0, 0, 0)])
+  if f is None:
+    f = jnp.ones((1, 1), jnp.float32)
+  f = jnp.asarray(f, jnp.float32) * gain
+  if not flip_filter:  # A true convolution is a correlation with the flipped filter.
+    f = f[::-1, ::-1]
+  kernel = jnp.broadcast_to(f[:, :, None, None], f.shape + (1, c)).astype(x.dtype)
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(down, down), padding="VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+
+
+def upsample2d(x: Array, f: Array, up: int = 2) -> Array:
+  """2x FIR upsampling that keeps the image aligned: [N, H, W, C] -> [N, 2H, 2W, C]."""
+  fh, fw = f.shape
+  p = ((fw + up - 1) // 2, (fw - up) // 2, (fh + up - 1) // 2, (fh - up) // 2)
+  return upfirdn2d(x, f, up=up, padding=p, gain=up * up)
+
+
+def downsample2d(x: Array, f: Array, down: int = 2) -> Array:
+  """2x FIR downsampling: [N, H, W, C] -> [N, H/2, W/2, C]."""
+  fh, fw = f.shape
+  p = ((fw - down + 1) // 2, (fw - down) // 2, (fh - down + 1) // 2, (fh - down) // 2)
+  return upfirdn2d(x, f, down=down, padding=p)
+
+
+def _conv(x: Array, w: Array, stride: int = 1, padding: Sequence[tuple[int, int]] = ((0, 0),) * 2,
+          lhs_dilation: int = 1, flip_weight: bool = True) -> Array:
+  # flip_weight=True is a correlation (torch's conv2d); False a true convolution.
+  if not flip_weight:
+    w = w[::-1, ::-1]
+  return jax.lax.conv_general_dilated(
+      x, w.astype(x.dtype), window_strides=(stride, stride), padding=tuple(padding),
+      lhs_dilation=(lhs_dilation, lhs_dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv2d_resample(x: Array, w: Array, f: Array | None = None, up: int = 1, down: int = 1,
+                    padding: int = 0, flip_weight: bool = True) -> Array:
+  """Convolution with optional FIR up/downsampling, the same arithmetic as NVIDIA's.
+
+  Args:
+    x: [N, H, W, I].
+    w: [kh, kw, I, O].
+    f: [fh, fw] FIR filter for the resampling.
+    up, down: factors (only one of them > 1).
+    padding: padding w.r.t. the upsampled image.
+    flip_weight: True = correlation, False = convolution (NVIDIA uses False when up > 1).
+  Returns:
+    [N, H * up / down, W * up / down, O].
+  """
+  kh, kw = w.shape[0], w.shape[1]
+  fh, fw = (1, 1) if f is None else f.shape
+  px0, px1, py0, py1 = _parse_padding(padding)
+  if up > 1:
+    px0 += (fw + up - 1) // 2
+    px1 += (fw - up) // 2
+    py0 += (fh + up - 1) // 2
+    py1 += (fh - up) // 2
+  if down > 1:
+    px0 += (fw - down + 1) // 2
+    px1 += (fw - down) // 2
+    py0 += (fh - down + 1) // 2
+    py1 += (fh - down) // 2
+
+  if kw == 1 and kh == 1 and down > 1 and up == 1:
+    x = upfirdn2d(x, f, down=down, padding=(px0, px1, py0, py1))
+    return _conv(x, w, flip_weight=flip_weight)
+  if kw == 1 and kh == 1 and up > 1 and down == 1:
+    x = _conv(x, w, flip_weight=flip_weight)
+    return upfirdn2d(x, f, up=up, padding=(px0, px1, py0, py1), gain=up * up)
+  if down > 1 and up == 1:
+    x = upfirdn2d(x, f, padding=(px0, px1, py0, py1))
+    return _conv(x, w, stride=down, flip_weight=flip_weight)
+  if up > 1:
+    # NVIDIA runs a strided transposed convolution here (with the weight flipped when
+    # flip_weight=True); its JAX equivalent is a convolution of the zero-interleaved input
+    # (lhs_dilation) padded by k-1-p, with the same correlation/convolution semantics.
+    px0 -= kw - 1
+    px1 -= kw - up
+    py0 -= kh - 1
+    py1 -= kh - up
+    pxt = max(min(-px0, -px1), 0)
+    pyt = max(min(-py0, -py1), 0)
+    x = _conv(x, w, padding=((kh - 1 - pyt, kh - 1 - pyt), (kw - 1 - pxt, kw - 1 - pxt)),
+              lhs_dilation=up, flip_weight=flip_weight)
+    x = upfirdn2d(x, f, padding=(px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt), gain=up * up)
+    if down > 1:
+      x = upfirdn2d(x, f, down=down)
+    return x
+  if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
+    return _conv(x, w, padding=((py0, py0), (px0, px0)), flip_weight=flip_weight)
+  x = upfirdn2d(x, None, padding=(px0, px1, py0, py1))
+  return _conv(x, w, flip_weight=flip_weight)
+
+
+def modulated_conv2d(x: Array, weight: Array, styles: Array, noise: Array | None = None,
+                     up: int = 1, padding: int = 0, resample_filter: Array | None = None,
+                     demodulate: bool = True, flip_weight: bool = True) -> Array:
+  """StyleGAN2 modulated (and demodulated) convolution.
+
+  Computed as NVIDIA's non-fused path: scale the input channels by the styles, convolve with
+  the shared weight, scale the output channels by the demodulation coefficients. This is
+  the same function as the fused grouped convolution, with one weight for the whole batch.
+
+  Args:
+    x: [N, H, W, I].
+    weight: [kh, kw, I, O] (gain already applied by the caller where needed).
+    styles: [N, I].
+    noise: broadcastable to [N, H', W', O] or None.
+  Returns:
+    [N, H * up, W * up, O].
+  """
+  n, _, _, in_ch = x.shape
+  if styles.shape != (n, in_ch):
+    raise ValueError(f"styles must have shape {(n, in_ch)}, got {styles.shape}")
+  if weight.shape[2] != in_ch:
+    raise ValueError(f"weight expects {weight.shape[2]} input channels, x has {in_ch}")
+  dcoefs = None
+  if demodulate:
+    # sum_{k,i} (w[k,i,o] s[n,i])^2 = sum_i s[n,i]^2 * sum_k w[k,i,o]^2.
+    wsq = jnp.sum(jnp.square(weight), axis=(0, 1))  # [I, O]
+    dcoefs = jax.lax.rsqrt(jnp.square(styles) @ wsq + 1e-8)  # [N, O]
+  x = x * styles[:, None, None, :].astype(x.dtype)
+  x = conv2d_resample(x, weight, f=resample_filter, up=up, padding=padding,
+                      flip_weight=flip_weight)
+  if dcoefs is not None:
+    x = x * dcoefs[:, None, None, :].astype(x.dtype)
+  if noise is not None:
+    x = x + noise.astype(x.dtype)
+  return x
+
+
+def minibatch_std(x: Array, group_size: int | None, num_channels: int = 1) -> Array:
+  """Appends the minibatch standard deviation as extra channels: [N,H,W,C] -> [N,H,W,C+F]."""
+  n, h, w, c = x.shape
+  g = min(group_size, n) if group_size is not None else n
+  if n % g:
+    raise ValueError(f"minibatch-stddev group size {g} must divide the batch size {n}")
+  f = num_channels
+  # Sample index = group_member * (N / G) + group, as NVIDIA's reshape(G, -1, ...).
+  y = x.reshape(g, n // g, h, w, f, c // f)
+  y = y - jnp.mean(y, axis=0)
+  y = jnp.mean(jnp.square(y), axis=0)
+  y = jnp.sqrt(y + 1e-8)
+  y = jnp.mean(y, axis=(1, 2, 4))  # [n, F]
+  y = jnp.tile(y, (g, 1))[:, None, None, :]
+  y = jnp.broadcast_to(y, (n, h, w, f)).astype(x.dtype)
+  return jnp.concatenate([x, y], axis=-1)
+
+
+# --------------------------------------------------------------------------------------
+# Equalized-learning-rate layers.
+
+
+def _normal_init(scale: float) -> Callable[[Array, Sequence[int], Any], Array]:
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.normal(key, shape, dtype) * scale
+  return init
+
+
+class FullyConnectedLayer(nn.Module):
+  """Dense layer with equalized learning rate. Params: weight [in, out], bias [out]."""
+  features: int                  # Number of output features.
+  activation: str = "linear"     # 'linear', 'relu', 'lrelu'.
+  lr_multiplier: float = 1.0     # Learning-rate multiplier (mapping network: 0.01).
+  bias_init: float = 0.0         # Initial bias value (affine layers: 1).
+  use_bias: bool = True          # Add a bias before the activation?
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_features = x.shape[-1]
+    weight = self.param("weight", _normal_init(1.0 / self.lr_multiplier),
+                        (in_features, self.features))
+    w = weight * (self.lr_multiplier / np.sqrt(in_features))
+    x = x @ w.astype(x.dtype)
+    b = None
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
+      b = bias * self.lr_multiplier if self.lr_multiplier != 1 else bias
+    return bias_act(x, b, act=self.activation)
+
+
+def resample_filter_buffer(module: nn.Module, taps: Sequence[float]) -> Array:
+  """Declares the FIR filter of `module` in the buffers collection (NVIDIA: a buffer too)."""
+  return module.variable(BUFFERS, "resample_filter",
+                         lambda: jnp.asarray(setup_filter(taps))).value
+
+
+class Conv2dLayer(nn.Module):
+  """Convolution with equalized learning rate, optional FIR up/downsampling and clamping."""
+  out_channels: int                          # Number of output channels.
+  kernel_size: int                           # Width and height of the kernel.
+  use_bias: bool = True                      # Add a bias before the activation?
+  activation: str = "linear"                 # 'linear', 'relu', 'lrelu'.
+  up: int = 1                                # Upsampling factor.
+  down: int = 1                              # Downsampling factor.
+  resample_filter: Sequence[float] = (1, 3, 3, 1)  # Low-pass filter taps.
+  conv_clamp: float | None = None            # Clamp the output to +-X, None = off.
+
+  @nn.compact
+  def __call__(self, x: Array, gain: float = 1.0) -> Array:
+    in_channels = x.shape[-1]
+    k = self.kernel_size
+    f = resample_filter_buffer(self, self.resample_filter)
+    weight = self.param("weight", _normal_init(1.0), (k, k, in_channels, self.out_channels))
+    w = weight * (1.0 / np.sqrt(in_channels * k * k))
+    x = conv2d_resample(x, w, f=f, up=self.up, down=self.down, padding=k // 2,
+                        flip_weight=(self.up == 1))
+    b = None
+    if self.use_bias:
+      b = self.param("bias", nn.initializers.zeros, (self.out_channels,))
+    act_gain = activation_gain(self.activation) * gain
+    clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+    return bias_act(x, b, act=self.activation, gain=act_gain, clamp=clamp)
