@@ -1,0 +1,291 @@
+"""FID Inception-v3: parity with pytorch-fid's outputs, weight loading, preprocessing."""
+
+import hashlib
+import json
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gandance_jax.evaluation import features, inception, weights
+
+GOLDEN = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "fid_inception"
+TOL = 1e-3
+
+
+def _rel_err(got, want):
+  """max |got - want| / max |want| over the whole tensor."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape, (got.shape, want.shape)
+  return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def _golden_dir():
+  if not GOLDEN.is_dir():
+    pytest.skip(f"golden data not found at {GOLDEN.resolve()}")
+  return GOLDEN
+
+
+@pytest.fixture(scope="module")
+def golden_state():
+  return weights.state_dict_from_int8_npz(_golden_dir() / "weights_int8.npz")
+
+
+@pytest.fixture(scope="module")
+def golden_vars(golden_state):
+  # The same loader a real pt_inception-2015-12-05-6726825d.pth state dict goes through.
+  return inception.from_pytorch_fid_state_dict(golden_state)
+
+
+@pytest.fixture(scope="module")
+def golden_out():
+  with np.load(_golden_dir() / "reference_outputs.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+def _nhwc_pm1(x_nchw01):
+  """Golden inputs are NCHW in [0, 1]; the project's images are NHWC in [-1, 1]."""
+  return jnp.asarray(x_nchw01.transpose(0, 2, 3, 1)) * 2.0 - 1.0
+
+
+# -------------------------------------------------------------------------------------- parity
+
+
+def test_state_dict_layout_matches_pytorch_fid():
+  info = json.loads((_golden_dir() / "inception_fid.json").read_text())
+  want = {k: tuple(s) for k, s in info["state_dict_keys"] if not k.endswith("num_batches_tracked")}
+  assert inception.state_dict_shapes() == want
+
+
+@pytest.mark.parametrize("size", [32, 64, 299])
+def test_pool3_and_logits_match_pytorch_fid(golden_vars, golden_out, size):
+  images = _nhwc_pm1(golden_out[f"in.x{size}"])
+  if size == 32:  # the public one-liner
+    pool3 = inception.pool3_features(golden_vars, images)
+    assert _rel_err(pool3, golden_out[f"out.pool3_x{size}"]) <= TOL
+    return
+  out = inception.inception_outputs(golden_vars, images)
+  assert _rel_err(out["pool3"], golden_out[f"out.pool3_x{size}"]) <= TOL
+  assert _rel_err(out["logits"], golden_out[f"out.logits_x{size}"]) <= TOL
+
+
+def test_intermediate_blocks_match_pytorch_fid(golden_vars, golden_out):
+  out = inception.inception_outputs(golden_vars, _nhwc_pm1(golden_out["in.xblocks"]))
+  for name, shape in (("block0", (2, 64, 73, 73)), ("block1", (2, 192, 35, 35)),
+                      ("block2", (2, 768, 17, 17))):
+    got = np.asarray(out[name]).transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    assert got.shape == shape
+    assert _rel_err(got, golden_out[f"out.{name}"]) <= TOL, name
+  assert _rel_err(out["pool3"], golden_out["out.pool3_blocks"]) <= TOL
+
+
+def test_extractor_batches_and_adm_logits(golden_vars, golden_state, golden_out):
+  """The batched extractor (padded last batch) gives pool3 and ADM's bias-free logits."""
+  images = np.asarray(_nhwc_pm1(golden_out["in.x64"]))
+  ext = inception.make_extractor(golden_vars)
+  assert (ext.name, ext.convention, ext.dim, ext.num_classes) == (
+      inception.EXTRACTOR_NAME, "pytorch_fid", 2048, 1008)
+  feats, logits = features.extract(ext, images, batch_size=3, progress=False)  # 3 + 1 padded
+  assert feats.shape == (4, 2048) and logits.shape == (4, 1008)
+  assert _rel_err(feats, golden_out["out.pool3_x64"]) <= TOL
+  no_bias = golden_out["out.logits_x64"] - golden_state["fc.bias"]
+  assert _rel_err(logits, no_bias) <= TOL
+
+
+# ------------------------------------------------------------------------------ weight loading
+
+
+def test_loader_errors_name_the_key():
+  state = inception.random_state_dict(0)
+  bad = dict(state)
+  del bad["Mixed_6b.branch7x7_2.bn.running_var"]
+  with pytest.raises(ValueError, match=r"missing.*Mixed_6b\.branch7x7_2\.bn\.running_var"):
+    inception.from_pytorch_fid_state_dict(bad)
+  bad = dict(state, **{"AuxLogits.fc.weight": np.zeros((1000, 768), np.float32)})
+  with pytest.raises(ValueError, match=r"unexpected.*AuxLogits\.fc\.weight"):
+    inception.from_pytorch_fid_state_dict(bad)
+  bad = dict(state, **{"fc.weight": np.zeros((1000, 2048), np.float32)})
+  with pytest.raises(ValueError, match=r"fc\.weight has shape \(1000, 2048\), expected "
+                     r"\(1008, 2048\)"):
+    inception.from_pytorch_fid_state_dict(bad)
+  # num_batches_tracked (as in a real .pth) is accepted.
+  ok = dict(state, **{"Conv2d_1a_3x3.bn.num_batches_tracked": np.array(0)})
+  params = inception.from_pytorch_fid_state_dict(ok)["params"]
+  assert params["Mixed_7c"]["branch_pool"]["kernel"].shape == (1, 1, 2048, 192)
+  assert params["fc"]["kernel"].shape == (2048, 1008)
+
+
+def test_batchnorm_is_folded_with_eps_1e3():
+  state = inception.random_state_dict(1)
+  k = "Conv2d_3b_1x1"
+  p = inception.from_pytorch_fid_state_dict(state)["params"][k]
+  w = state[f"{k}.conv.weight"][:, :, 0, 0].astype(np.float64)  # [out, in]
+  g, b = state[f"{k}.bn.weight"], state[f"{k}.bn.bias"]
+  m, v = state[f"{k}.bn.running_mean"], state[f"{k}.bn.running_var"]
+  x = np.random.default_rng(0).standard_normal(w.shape[1])
+  want = (w @ x - m) / np.sqrt(v + 1e-3) * g + b  # conv then BatchNorm (inference)
+  got = np.asarray(p["kernel"][0, 0], np.float64).T @ x + np.asarray(p["bias"])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_npz_roundtrip_and_hash_verification(tmp_path, golden_state):
+  path = tmp_path / "state.npz"
+  weights.save_npz_atomic(path, golden_state)
+  loaded = weights.load_state_dict(path)
+  assert loaded.keys() == golden_state.keys()
+  np.testing.assert_array_equal(loaded["fc.weight"], golden_state["fc.weight"])
+
+  data = b"not really inception weights"
+  prefix = hashlib.sha256(data).hexdigest()[:8]
+  good = tmp_path / f"pt_inception-2015-12-05-{prefix}.pth"
+  good.write_bytes(data)
+  assert weights.verify_sha256_prefix(good).startswith(prefix)
+  assert weights.main(["verify", str(good)]) == 0
+  bad = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+  bad.write_bytes(data)
+  with pytest.raises(ValueError, match="does not start with '6726825d'"):
+    weights.verify_sha256_prefix(bad)
+  with pytest.raises(ValueError, match="no '-<sha256 prefix>.' suffix"):
+    weights.verify_sha256_prefix(tmp_path / "state.npz")
+
+
+def test_pth_needs_torch_or_converts(tmp_path):
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    with pytest.raises(ImportError, match="convert it with"):
+      weights.load_state_dict(tmp_path / "x.pth")
+    return
+  state = inception.random_state_dict(2)
+  pth = tmp_path / "w.pth"
+  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pth)
+  weights.convert(pth, tmp_path / "w.npz", verify=False)
+  np.testing.assert_array_equal(weights.load_state_dict(tmp_path / "w.npz")["fc.bias"],
+                                state["fc.bias"])
+
+
+# ------------------------------------------------------------------------------- preprocessing
+
+
+def _tf1_resize_loop(img, out_h, out_w):
+  """TF1 legacy ResizeBilinear (align_corners=False, half_pixel_centers=False), literally."""
+  in_h, in_w, c = img.shape
+  out = np.zeros((out_h, out_w, c), np.float64)
+  sh, sw = in_h / out_h, in_w / out_w
+  for y in range(out_h):
+    in_y = y * sh
+    top = int(np.floor(in_y))
+    bottom = min(top + 1, in_h - 1)
+    y_lerp = in_y - top
+    for x in range(out_w):
+      in_x = x * sw
+      left = int(np.floor(in_x))
+      right = min(left + 1, in_w - 1)
+      x_lerp = in_x - left
+      tl, tr = img[top, left], img[top, right]
+      bl, br = img[bottom, left], img[bottom, right]
+      t = tl + (tr - tl) * x_lerp
+      b = bl + (br - bl) * x_lerp
+      out[y, x] = t + (b - t) * y_lerp
+  return out
+
+
+def _torch_bilinear_loop(img, out_h, out_w):
+  """torch F.interpolate(mode='bilinear', align_corners=False), no antialias, literally."""
+  in_h, in_w, c = img.shape
+  out = np.zeros((out_h, out_w, c), np.float64)
+
+  def src(i, in_size, out_size):
+    s = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
+    lo = int(s)
+    return lo, min(lo + 1, in_size - 1), s - lo
+
+  for y in range(out_h):
+    y0, y1, ly = src(y, in_h, out_h)
+    for x in range(out_w):
+      x0, x1, lx = src(x, in_w, out_w)
+      out[y, x] = ((1 - ly) * ((1 - lx) * img[y0, x0] + lx * img[y0, x1]) +
+                   ly * ((1 - lx) * img[y1, x0] + lx * img[y1, x1]))
+  return out
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((8, 64), (299, 61)), ((13, 7), (5, 11))])
+def test_tf1_resize_matches_loop_transcription(in_hw, out_hw):
+  img = np.random.default_rng(0).uniform(0, 255, in_hw + (3,)).astype(np.float32)
+  got = features.resize_bilinear(jnp.asarray(img[None]), out_hw, method="tf1")[0]
+  np.testing.assert_allclose(got, _tf1_resize_loop(img.astype(np.float64), *out_hw),
+                             rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((64, 8), (37, 299)), ((20, 9), (6, 4))])
+def test_half_pixel_resize_matches_torch_formula(in_hw, out_hw):
+  """Includes downsampling, where F.interpolate does not antialias (jax.image.resize does)."""
+  img = np.random.default_rng(1).uniform(-1, 1, in_hw + (2,)).astype(np.float32)
+  got = features.resize_bilinear(jnp.asarray(img[None]), out_hw, method="half_pixel")[0]
+  np.testing.assert_allclose(got, _torch_bilinear_loop(img.astype(np.float64), *out_hw),
+                             rtol=0, atol=1e-5)
+
+
+def test_the_two_grids_differ_by_a_constant_shift():
+  lo_h, _, f_h = features._half_pixel_taps(64, 299)
+  lo_t, _, f_t = features._tf1_taps(64, 299)
+  inner = slice(3, 296)  # the half-pixel grid clamps its first source coordinates at 0
+  shift = (lo_h + f_h)[inner] - (lo_t + f_t)[inner]
+  np.testing.assert_allclose(shift, 0.5 * 64 / 299 - 0.5, atol=1e-5)  # -0.393 pixels
+
+
+def test_quantisation_conventions():
+  x = jnp.asarray([-1.0, -0.999, 0.0, 0.5, 1.0, 1.0005])
+  np.testing.assert_array_equal(features.quantize_uint8(x, "adm"), [0, 0, 127, 191, 255, 255])
+  np.testing.assert_array_equal(features.quantize_uint8(x, "nvidia"), [0, 0, 128, 191, 255, 255])
+  u = features.to_uint8(x.reshape(1, 1, 6, 1), "adm")
+  assert u.dtype == np.uint8
+
+
+def test_preprocess_conventions():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  u = features.to_uint8(x, "adm")
+  # tf1: float images are quantised like ADM's sampler, so they equal their uint8 file.
+  a = inception.preprocess(jnp.asarray(x), "tf1")
+  b = inception.preprocess(jnp.asarray(u), "tf1")
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == (2, 299, 299, 3)
+  # (The resizes themselves are checked against the loop transcriptions above.)
+  want = (features.resize_bilinear(jnp.asarray(u, jnp.float32), (299, 299), method="tf1")
+          - 128) / 128
+  np.testing.assert_allclose(a, want, atol=1e-6)
+  # pytorch_fid: [0, 1] -> half-pixel resize -> 2x - 1.
+  c = inception.preprocess(jnp.asarray(x), "pytorch_fid")
+  want = 2 * features.resize_bilinear(jnp.asarray((x + 1) / 2), (299, 299),
+                                      method="half_pixel") - 1
+  np.testing.assert_allclose(c, want, atol=1e-6)
+  # 1-channel images are tiled.
+  g = inception.preprocess(jnp.asarray(x[..., :1]), "pytorch_fid")
+  np.testing.assert_array_equal(g[..., 0], g[..., 2])
+  with pytest.raises(ValueError, match="convention must be one of"):
+    inception.preprocess(jnp.asarray(x), "tf2")
+  with pytest.raises(ValueError, match="quantize must be one of"):
+    inception.preprocess(jnp.asarray(x), "tf1", "round")
+
+
+def test_bad_images_are_refused():
+  good = np.zeros((2, 8, 8, 3), np.float32)
+  with pytest.raises(ValueError, match="wants 3 channels, images have 2"):
+    features.check_images(np.zeros((2, 8, 8, 2), np.float32), 3)
+  with pytest.raises(ValueError, match=r"must lie in \[-1, 1\], got values in \[-1, 1.5\]"):
+    features.check_images(good + np.float32(1.5) * (np.arange(8) == 3)[None, :, None, None]
+                          - (np.arange(8) == 0)[None, :, None, None], 3)
+  with pytest.raises(ValueError, match="NaN"):
+    features.check_images(np.full((1, 8, 8, 3), np.nan, np.float32), 3)
+  with pytest.raises(ValueError, match="NHWC"):
+    features.check_images(np.zeros((8, 8, 3), np.float32), 3)
+  with pytest.warns(UserWarning, match="tiling the channel to 3"):
+    tiled = features.check_images(np.zeros((2, 8, 8, 1), np.float32), 3)
+  assert tiled.shape == (2, 8, 8, 3)
+  # A little round-off outside [-1, 1] is tolerated; uint8 needs no range check.
+  features.check_images(good + 1.0005, 3)
+  features.check_images(np.full((1, 8, 8, 3), 255, np.uint8), 3)
+  with pytest.raises(ValueError, match="dtype int32"):
+    features.check_images(np.zeros((1, 8, 8, 3), np.int32), 3)
