@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # In-loop evaluators: name -> dict(type=..., ...). See gandance_jax/evaluation/evaluator.py.
   config.evals = ml_collections.ConfigDict()
+  # --mode=eval on a file instead of a checkpoint: ADM-layout .npz or class image folder.
+  config.eval_samples = ""
 
   # Sampling defaults for --mode=sample (guidance: GANdance, supplementary Alg. 2 / 3).
   # See gandance_jax/sample_cli.py for what is written.

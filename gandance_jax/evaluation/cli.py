@@ -1,0 +1,113 @@
+"""`main.py --mode=eval`: evaluate a checkpoint's G EMA, or a sample file / image folder.
+
+  # Every evaluator in config.evals (or a default digits FID over config.sample.scales):
+  python -m gandance_jax.main --config=configs/digits.py --workdir=W --mode=eval
+  # A sample file in the ADM layout (arr_0 uint8 [N,H,W,C], arr_1 labels) or a class folder:
+  python -m gandance_jax.main --config=configs/digits.py --workdir=W --mode=eval \
+      --config.eval_samples=W/samples/samples_learned_1.3.npz
+
+Results go to `<workdir>/metrics.jsonl` (one record, `"eval": true`) and are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from gandance_jax.evaluation import evaluator as evaluator_lib
+from gandance_jax.evaluation import features as features_lib
+from gandance_jax.evaluation import fid as fid_lib
+from gandance_jax.evaluation import scores as scores_lib
+
+
+def default_specs(config: ml_collections.ConfigDict) -> list[evaluator_lib.EvalSpec]:
+  """config.evals, or one digits FID over config.sample's scales when none is configured."""
+  specs = evaluator_lib.parse_evals(config)
+  if specs:
+    return specs
+  if config.data.name != "digits":
+    raise ValueError("config.evals is empty: configure an evaluator, e.g. "
+                     "--config.evals.fid10k=\"dict(type='fid', extractor='inception', ...)\"")
+  s = config.sample
+  mode = s.mode if config.generator.empty_class or s.mode != "learned" else "training_free"
+  return [evaluator_lib.parse_spec("fid", dict(
+      type="fid", extractor="digits", num_samples=int(s.num_samples),
+      guidance_scales=[float(x) for x in s.scales], mode=mode,
+      num_opposite=int(s.num_opposite), truncation_psi=float(s.truncation_psi),
+      batch_size=int(s.batch_size)))]
+
+
+def _load_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+  """uint8 images [N, H, W, C] and labels (or None) of an ADM npz or a class folder."""
+  if os.path.isdir(path):
+    from gandance_jax.data import folder  # pylint: disable=g-import-not-at-top
+    images, labels, _ = folder.load_image_folder(path)
+    return images, labels
+  if not os.path.exists(path):
+    raise ValueError(f"config.eval_samples = {path!r} does not exist")
+  with np.load(path) as f:
+    if "arr_0" not in f.files:
+      raise ValueError(f"{path} has no arr_0 (ADM layout: arr_0 uint8 [N, H, W, C], arr_1 "
+                       f"labels); keys: {f.files}")
+    labels = np.asarray(f["arr_1"]) if "arr_1" in f.files else None
+  return fid_lib.load_npz_images(path), labels
+
+
+def evaluate_samples(config: ml_collections.ConfigDict, workdir: str, path: str
+                     ) -> dict[str, float]:
+  """FID / classifier metrics of the images in `path` against each spec's reference."""
+  images, labels = _load_images(path)
+  ev = evaluator_lib.Evaluator(config, workdir, specs=default_specs(config))
+  out: dict[str, float] = {}
+  for spec in ev.specs:
+    ext = ev.extractor(spec)
+    ext.warn_if_few(len(images))
+    feats, logits = features_lib.extract(ext, images, batch_size=spec.batch_size)
+    if spec.type == "fid":
+      ref, _ = ev.reference(spec)
+      stats = fid_lib.FIDStatistics(*fid_lib.feature_statistics(feats),
+                                    convention=ext.convention, extractor=ext.name,
+                                    num_samples=len(feats), quantize="uint8")
+      out[f"{spec.name}/fid"] = stats.frechet_distance(ref)
+    elif spec.type == "precision_recall":
+      from gandance_jax.evaluation import precision_recall  # pylint: disable=g-import-not-at-top
+      _, ref_feats = ev.reference(spec)
+      p, r = precision_recall.precision_recall(ref_feats, feats)
+      out[f"{spec.name}/precision"], out[f"{spec.name}/recall"] = p, r
+    if spec.extractor == "digits":
+      for k, v in scores_lib.classifier_metrics(logits, labels).items():
+        out[f"{spec.name}/{k}"] = float(v)
+    else:
+      out[f"{spec.name}/inception_score"] = float(scores_lib.inception_score(logits))
+  return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Evaluates `config.eval_samples` if set, else the newest checkpoint in `workdir`."""
+  path = str(config.get("eval_samples", "") or "")
+  if path:
+    metrics = evaluate_samples(config, workdir, path)
+    record: dict[str, Any] = {"eval": True, "samples": path, **metrics}
+  else:
+    from gandance_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    G, g_vars, ckpt_config, step = checkpoint.load_generator(workdir)
+    # The data/evals of the command line win; the networks come from the checkpoint.
+    ev = evaluator_lib.Evaluator(config, workdir, specs=default_specs(config))
+    metrics = ev.run(G, g_vars, step, specs=ev.specs,
+                     metrics_path=os.path.join(workdir, "eval_metrics.jsonl"))
+    del ckpt_config
+    record = {"eval": True, "step": int(step), **metrics}
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, evaluator_lib.METRICS_FILE), "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for k, v in metrics.items():
+      print(f"{k}: {v:.6g}")
+  logging.info("eval: %s", record)
+  return metrics
