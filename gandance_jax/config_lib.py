@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
       augment="none",            # 'none', 'diffaugment' or 'ada'.
       augment_policy="color,translation,cutout",  # DiffAugment ops (train/augment.py).
       augment_p=1.0,             # 'diffaugment': fixed probability of each op per image.
-      ada_target=0.6, ada_kimg=100,  # 'ada': target E[sign(D(real))], speed of p (kimg).
+      ada_target=0.6, ada_kimg=100.0,  # 'ada': target E[sign(D(real))], speed of p (kimg).
       ada_interval=4,            # 'ada': adjust p every N steps.
   ))
 
@@ -66,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Class accuracy of conditional samples (digits only; the digits analogue of the paper's
   # classifier score): measured with G EMA at the end of training and every `every_steps`
-  # (0 = only at the end), `num_per_class` samples per class, plain conditional sampling.
+  # (0 = only at the end), `num_per_class` samples per class (0 = off), plain conditional
+  # sampling.
   config.class_accuracy = ml_collections.ConfigDict(dict(num_per_class=100, every_steps=0))
 
   # In-loop evaluators: name -> dict(type=..., ...). See gandance_jax/evaluation/evaluator.py.
@@ -222,7 +223,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       _fail(f, value, "must be an integer > 0")
 
-  _positive_int(config.class_accuracy, "num_per_class", "class_accuracy")
+  _positive_int(config.class_accuracy, "num_per_class", "class_accuracy", allow_zero=True)
   _positive_int(config.class_accuracy, "every_steps", "class_accuracy", allow_zero=True)
 
   s = config.sample

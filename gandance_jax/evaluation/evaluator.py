@@ -200,13 +200,16 @@ class Evaluator:
 
   # -------------------------------------------------------------------------- evaluation
 
-  def _generated(self, spec: EvalSpec, G: Any, g_vars: Any, scale: float
+  def _generated(self, spec: EvalSpec, G: Any, g_vars: Any, scale: Any
                  ) -> tuple[fid_lib.FIDStatistics, np.ndarray, np.ndarray, np.ndarray]:
-    """(statistics, features [N, D], logits [N, K], labels [N]) of N guided samples."""
+    """(statistics, features [N, D], logits [N, K], labels [N]) of N guided samples.
+
+    `scale` is a float or a [num_ws] layer-wise vector.
+    """
     from gandance_jax import guidance  # pylint: disable=g-import-not-at-top
-    mode = spec.mode if scale != 1 else "none"
+    mode = spec.mode if np.any(np.asarray(scale) != 1) else "none"
     sampler = guidance.make_sampler(
-        G, mode=mode, scale=scale, num_opposite=spec.num_opposite,
+        G, mode=mode, scale=scale, num_opposite=spec.num_opposite if mode != "none" else 0,
         truncation_psi=spec.truncation_psi, noise_mode=spec.noise_mode)
     labels = (np.arange(spec.num_samples) % G.num_classes).astype(np.int32)
     key = jax.random.key(spec.seed)
@@ -215,9 +218,9 @@ class Evaluator:
               sampler.stream(g_vars, key, labels, chunk_size=spec.batch_size))
     acc = fid_lib.StreamingStatistics(ext.dim)
     feats, logits = [], []
+    desc = f"{spec.name} @ {np.asarray(scale).round(3).tolist()}"
     for f, l in features_lib.iterate_features(ext, chunks, batch_size=spec.batch_size,
-                                              total=spec.num_samples,
-                                              desc=f"{spec.name} @ {scale:g}"):
+                                              total=spec.num_samples, desc=desc):
       acc.update(f)
       feats.append(f)
       logits.append(l)
@@ -226,30 +229,33 @@ class Evaluator:
                                   num_samples=acc.count, quantize=ext.quantize)
     return stats, np.concatenate(feats), np.concatenate(logits), labels
 
+  def metrics_at(self, spec: EvalSpec, G: Any, g_vars: Any, scale: Any) -> dict[str, float]:
+    """{metric: value} of `spec` at one guidance scale (float or [num_ws] vector)."""
+    out: dict[str, float] = {}
+    stats, feats, logits, labels = self._generated(spec, G, g_vars, scale)
+    if spec.type in ("fid", "precision_recall"):
+      ref_stats, ref_feats = self.reference(spec)
+    if spec.type == "fid":
+      out["fid"] = stats.frechet_distance(ref_stats)
+    if spec.type == "precision_recall":
+      if ref_feats is None:
+        raise _err(spec.name, "reference", spec.reference,
+                   "precision/recall needs real features (an ADM batch with arr_0, or '')")
+      out["precision"], out["recall"] = pr_lib.precision_recall(ref_feats, feats)
+    if spec.extractor == "digits":
+      for metric, value in scores_lib.classifier_metrics(logits, labels).items():
+        out[metric] = float(value)
+    else:
+      out["inception_score"] = float(scores_lib.inception_score(logits))
+    return out
+
   def evaluate(self, spec: EvalSpec, G: Any, g_vars: Any) -> dict[str, float]:
     """All metrics of one evaluator, one entry per guidance scale."""
+    self.extractor(spec).warn_if_few(spec.num_samples)
     out: dict[str, float] = {}
-    ext = self.extractor(spec)
-    ext.warn_if_few(spec.num_samples)
-    ref_stats, ref_feats = (self.reference(spec) if spec.type in ("fid", "precision_recall")
-                            else (None, None))
     for scale in spec.guidance_scales:
-      stats, feats, logits, labels = self._generated(spec, G, g_vars, scale)
-      if spec.type == "fid":
-        out[_metric_key(spec, "fid", scale)] = stats.frechet_distance(ref_stats)
-      if spec.type == "precision_recall":
-        if ref_feats is None:
-          raise _err(spec.name, "reference", spec.reference,
-                     "precision/recall needs real features (an ADM batch with arr_0, or '')")
-        precision, recall = pr_lib.precision_recall(ref_feats, feats)
-        out[_metric_key(spec, "precision", scale)] = precision
-        out[_metric_key(spec, "recall", scale)] = recall
-      if spec.extractor == "digits":
-        for metric, value in scores_lib.classifier_metrics(logits, labels).items():
-          out[_metric_key(spec, metric, scale)] = float(value)
-      else:
-        out[_metric_key(spec, "inception_score", scale)] = float(
-            scores_lib.inception_score(logits))
+      for metric, value in self.metrics_at(spec, G, g_vars, scale).items():
+        out[_metric_key(spec, metric, scale)] = value
     return out
 
   def run(self, G: Any, g_vars: Any, step: int, *, specs: Iterable[EvalSpec] | None = None,
