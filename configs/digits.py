@@ -17,20 +17,27 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.data.resolution = 16
   res = config.data.resolution
 
+  # Sized for ~10 minutes on 2 CPU cores (about 60k parameters each; 16 channels at 16x16,
+  # 32 below; 'orig' architectures avoid the extra FIR resampling of skip/resnet, which is
+  # the slow part of these networks on XLA:CPU). Measured: 2000 steps in ~8 min on a busy
+  # 2-core machine, class accuracy of G EMA samples 0.886 (CNN) / 0.845 (logistic regr.).
   config.generator.update(dict(
       z_dim=64, w_dim=64, num_classes=10, empty_class=True, resolution=res, img_channels=1,
-      mapping_layers=2, channel_base=1024, channel_max=64, architecture="skip"))
+      mapping_layers=2, channel_base=256, channel_max=32, architecture="orig"))
   config.discriminator.update(dict(
-      num_classes=10, empty_class=True, resolution=res, img_channels=1, architecture="resnet",
-      channel_base=1024, channel_max=64, mapping_layers=2, mbstd_group_size=4))
+      num_classes=10, empty_class=True, resolution=res, img_channels=1, architecture="orig",
+      channel_base=256, channel_max=32, mapping_layers=2, mbstd_group_size=4))
 
+  # 32 kimg = 2000 steps of 16 (about 18 epochs of the 1797 digits): DiffAugment
+  # (translation + cutout on reals and fakes) keeps D from memorising the small set.
   config.train.update(dict(
-      batch_size=32, total_kimg=200, g_lr=0.002, d_lr=0.002, r1_gamma=0.1,
+      batch_size=16, total_kimg=32.0, g_lr=0.002, d_lr=0.002, r1_gamma=0.1,
       ema_kimg=1.0, ema_rampup=0.05, style_mixing_prob=0.0, label_reset_prob=0.1,
-      augment="diffaugment", augment_policy="translation,cutout"))
+      augment="diffaugment", augment_policy="translation,cutout", augment_p=1.0))
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500
-  config.sample_every_steps = 1000
+  config.sample_every_steps = 500
+  config.class_accuracy.update(dict(num_per_class=100, every_steps=0))
   config.sample.update(dict(num_samples=1000, batch_size=250))
 
   if "shrink" in arg:
@@ -41,4 +48,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 5
     config.sample_every_steps = 5
     config.sample.update(dict(num_samples=40, batch_size=20))
+    config.class_accuracy.num_per_class = 10
   return config

@@ -1,0 +1,279 @@
+"""Orbax checkpoints of the train state, the config beside them, and `load_generator`.
+
+Layout of a workdir::
+
+  config.json                     the run's config (written at start by process 0)
+  checkpoints/<step>/train/       TrainState minus G EMA and G buffers (Orbax, OCDBT)
+  checkpoints/<step>/g_ema/       {'params': G EMA params, 'buffers': G buffers incl. w_avg}
+  checkpoints/<step>/meta/        JSON: step, config, a fingerprint of each item
+  corrupt_checkpoints/<step>-<t>  checkpoints that failed to restore, moved aside
+
+Saving is asynchronous (`CheckpointManager` with async checkpointing: the arrays are copied
+off the devices before `save` returns, the files are written in a background thread), keeps
+the newest `keep` checkpoints, and commits atomically: Orbax writes into a temporary
+directory and renames it when complete, so a run killed mid-save (SIGKILL included) leaves
+only complete checkpoints behind.
+
+Corruption: a missing or truncated file makes Orbax raise; a flipped bit may not, so each
+item also carries a fingerprint (a position-weighted sum of the raw bits of every leaf,
+computed on the devices) that is checked after restoring. A checkpoint that fails either way
+is reported, moved to `corrupt_checkpoints/`, and the previous one is used.
+
+`g_ema` is its own item so that sampling and evaluation (`load_generator`) read only the
+generator, on any device count, without building optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gandance_jax.networks import stylegan2
+from gandance_jax.train.state import TrainState
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "corrupt_checkpoints"
+_G_EMA_FIELDS = ("g_ema_params", "g_buffers")
+
+PyTree = Any
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint could not be restored or its fingerprint does not match."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes `workdir/config.json` atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(config_to_json(config))
+  os.replace(tmp, path)
+
+
+def config_from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A ConfigDict from its JSON form (lists of numbers become tuples, as configs use them)."""
+  def fix(v):
+    if isinstance(v, dict):
+      return {k: fix(x) for k, x in v.items()}
+    if isinstance(v, list):
+      return tuple(fix(x) for x in v)
+    return v
+  return ml_collections.ConfigDict(fix(d))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config saved in `workdir/config.json`."""
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    return config_from_dict(json.load(f))
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+  x = jnp.ravel(x)
+  if x.dtype.itemsize != 4:
+    x = x.astype(jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else jnp.int32)
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  # Position weights (odd, Knuth's multiplicative hash) make swaps and flips visible;
+  # uint32 arithmetic wraps, which is what we want.
+  weights = jnp.arange(x.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+  return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+def fingerprint(tree: PyTree) -> jax.Array:
+  """uint32 []: a checksum of every leaf's bits and position (not cryptographic)."""
+  leaves = jax.tree.leaves(tree)
+  total = jnp.uint32(0)
+  for i, leaf in enumerate(leaves):
+    total = total + _leaf_fingerprint(leaf) * jnp.uint32(2 * i + 1)
+  return total
+
+
+_fingerprint_jit = jax.jit(fingerprint)
+
+
+def _fetch_int(x: jax.Array) -> int:
+  if x.is_fully_addressable:
+    return int(np.asarray(x))
+  return int(np.asarray(x.addressable_data(0)))
+
+
+def _split_state(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(train item, g_ema item): every field once; G buffers live with G EMA."""
+  train = {name: getattr(state, name) for name in state.__dataclass_fields__
+           if name not in _G_EMA_FIELDS}
+  g_ema = {"params": state.g_ema_params, "buffers": state.g_buffers}
+  return train, g_ema
+
+
+def _join_state(train: dict[str, Any], g_ema: dict[str, Any]) -> TrainState:
+  return TrainState(g_ema_params=g_ema["params"], g_buffers=g_ema["buffers"], **train)
+
+
+# ----------------------------------------------------------------------------- manager
+
+
+class Checkpointer:
+  """Async, keep-N, atomically committed checkpoints of a `TrainState` under a workdir."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    self.workdir = workdir
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    # cleanup_tmp_directories: a run killed mid-save leaves an uncommitted temporary
+    # directory; remove it on restart (it is never read, it only takes space).
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("train", "g_ema", "meta"))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, state: TrainState, step: int, config: ml_collections.ConfigDict) -> None:
+    """Starts an async save of `state` at `step` (returns once the arrays are off-device)."""
+    train, g_ema = _split_state(state)
+    meta = dict(step=int(step),
+                fingerprint_train=_fetch_int(_fingerprint_jit(train)),
+                fingerprint_g_ema=_fetch_int(_fingerprint_jit(g_ema)),
+                config=json.loads(config_to_json(config)),
+                time=time.time())
+    self.manager.save(int(step), args=ocp.args.Composite(
+        train=ocp.args.StandardSave(train), g_ema=ocp.args.StandardSave(g_ema),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def _quarantine(self, step: int, error: Exception) -> None:
+    logging.error("Checkpoint at step %d in %s is corrupted (%s: %s); moving it to %s and "
+                  "using the previous one.", step, self.directory, type(error).__name__,
+                  str(error)[:500], CORRUPT_DIR)
+    if jax.process_index() == 0:
+      dst = os.path.join(self.workdir, CORRUPT_DIR, f"{step}-{int(time.time())}")
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), dst)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"gandance_quarantine_{step}")
+    self.manager.reload()
+
+  def restore(self, step: int, abstract_state: TrainState) -> TrainState:
+    """Restores `step` into the shardings of `abstract_state`; raises CorruptCheckpointError."""
+    abstract_train, abstract_g_ema = _split_state(abstract_state)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          train=ocp.args.StandardRestore(abstract_train),
+          g_ema=ocp.args.StandardRestore(abstract_g_ema), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f"step {step}: {type(e).__name__}: {e}") from e
+    meta = restored.meta
+    for name, item in (("train", restored.train), ("g_ema", restored.g_ema)):
+      got, want = _fetch_int(_fingerprint_jit(item)), meta.get(f"fingerprint_{name}")
+      if got != want:
+        raise CorruptCheckpointError(
+            f"step {step}: fingerprint of item '{name}' is {got}, expected {want}")
+    return _join_state(restored.train, restored.g_ema)
+
+  def restore_latest(self, abstract_state: TrainState) -> tuple[TrainState, int] | None:
+    """(state, step) of the newest readable checkpoint, or None if there is none.
+
+    Corrupted checkpoints are reported (logging.error), moved aside, and skipped.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self.restore(step, abstract_state), step
+      except CorruptCheckpointError as e:
+        self._quarantine(step, e)
+    return None
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+def load_generator(workdir: str, step: int | None = None, *,
+                   sharding: jax.sharding.Sharding | None = None
+                   ) -> tuple[stylegan2.Generator, dict[str, Any], ml_collections.ConfigDict,
+                              int]:
+  """Loads the EMA generator of a training run, for sampling and evaluation.
+
+  Reads only the `g_ema` item (EMA params and the buffers, including the tracked `w_avg`)
+  of the newest checkpoint (or of `step`), without building optimizer state. With
+  `step=None` a corrupted newest checkpoint is reported and the previous one used.
+
+  Args:
+    workdir: the training run's --workdir.
+    step: a checkpoint step, or None for the newest readable one.
+    sharding: where to put the variables; default: replicated over all devices (works for
+      any device count, and for several processes when every process calls this).
+  Returns:
+    (G module, {'params', 'buffers'} variables, the run's config, the step).
+  Raises:
+    FileNotFoundError if there is no (readable) checkpoint.
+  """
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoints in {directory}")
+  manager = ocp.CheckpointManager(directory, item_names=("train", "g_ema", "meta"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(manager.all_steps(), reverse=True)
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint at step {step} in {directory} (have {steps})")
+    steps = [step]
+  if sharding is None:
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P())
+  errors = []
+  for s in steps:
+    try:
+      meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      config = config_from_dict(meta["config"])
+      G = stylegan2.Generator(**config.generator.to_dict())
+      abstract = jax.eval_shape(lambda: stylegan2.init_generator(G, jax.random.key(0)))
+      abstract = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+      g_vars = manager.restore(s, args=ocp.args.Composite(
+          g_ema=ocp.args.StandardRestore(abstract))).g_ema
+      got = _fetch_int(_fingerprint_jit(g_vars))
+      if got != meta["fingerprint_g_ema"]:
+        raise CorruptCheckpointError(f"fingerprint {got} != {meta['fingerprint_g_ema']}")
+      manager.close()
+      return G, dict(g_vars), config, s
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error("Generator checkpoint at step %d in %s is unreadable (%s: %s)%s", s,
+                    directory, type(e).__name__, str(e)[:300],
+                    "; trying the previous one" if step is None else "")
+      errors.append(f"step {s}: {type(e).__name__}: {str(e)[:200]}")
+  manager.close()
+  raise FileNotFoundError(f"no readable checkpoint in {directory}: {errors}")

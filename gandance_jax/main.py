@@ -1,0 +1,87 @@
+"""Entry point: train, sample or evaluate a class-conditional GAN from a config file.
+
+  python -m gandance_jax.main --config=configs/digits.py --workdir=/tmp/digits
+  python -m gandance_jax.main --config=configs/digits.py:shrink --workdir=/tmp/tiny \\
+      --config.train.batch_size=16
+  python -m gandance_jax.main --config=configs/digits.py --workdir=/tmp/digits --mode=sample
+  python -m gandance_jax.main --config=configs/digits.py --workdir=/tmp/digits --mode=eval
+
+Multi-process (one process per host or GPU): launchers that JAX detects (SLURM, Open MPI,
+multi-host TPU) need no flags; otherwise pass --coordinator_address, --num_processes and
+--process_id to every process. Re-running the same command resumes from the newest
+checkpoint in --workdir. Exit codes: 0 done, 1 non-finite loss (message names the step and
+the loss), 143 preempted by SIGTERM after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py[:shrink].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "all"],
+                  "What to do; 'all' = train, then sample, then eval (the README main job).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.DEFINE_string("compilation_cache_dir",
+                    os.path.join(os.environ.get("GANDANCE_CACHE", "~/.cache/gandance_jax"),
+                                 "xla"),
+                    "Persistent XLA compilation cache ('' = off); makes restarts start fast.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  from gandance_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from gandance_jax.train import sharding  # pylint: disable=g-import-not-at-top
+
+  # Multi-process start-up must come before any JAX computation.
+  sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  if FLAGS.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(FLAGS.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  config = FLAGS.config
+  try:
+    config_lib.validate_config(config)
+  except config_lib.ConfigError as e:
+    logging.error("%s", e)
+    return 2
+  logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
+               jax.devices())
+
+  if FLAGS.mode in ("train", "all"):
+    from gandance_jax.train import loop  # pylint: disable=g-import-not-at-top
+    try:
+      loop.train(config, FLAGS.workdir)
+    except loop.NonFiniteLossError as e:
+      logging.error("%s", e)
+      return 1
+    except loop.Preempted as e:
+      logging.warning("%s", e)
+      return 143
+  if FLAGS.mode in ("sample", "all"):
+    from gandance_jax import sample_cli  # pylint: disable=g-import-not-at-top
+    sample_cli.run(config, FLAGS.workdir)
+  if FLAGS.mode in ("eval", "all"):
+    from gandance_jax.evaluation import cli  # pylint: disable=g-import-not-at-top
+    cli.run(config, FLAGS.workdir)
+  return 0
+
+
+def run() -> None:
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,144 @@
+"""The training state pytree, the models and optimizers built from a config.
+
+`TrainState` holds everything a step reads or writes, so a step is a pure function
+state -> state and a checkpoint of the state (plus the data step) resumes bit-for-bit:
+
+  step          int32 []          steps done (= batches consumed); cur_nimg = step * batch
+  g_params      G 'params'        trained by G main / G path-length
+  g_buffers     G 'buffers'       w_avg (tracked in G's forward passes), FIR filters,
+                                  noise_const; shared by G and G EMA, as NVIDIA copies them
+  g_ema_params  G 'params'        EMA of g_params (the generator to sample from)
+  d_params      D 'params'
+  d_buffers     D 'buffers'       FIR filters (constant)
+  g_opt_state   optax state of G  one Adam shared by G main and G reg (as NVIDIA's phases)
+  d_opt_state   optax state of D  one Adam shared by D main and D R1
+  pl_mean       float32 []        running mean of path lengths
+  augment_p     float32 []        probability of each augmentation op (ADA adapts it)
+  ada_sign_sum  float32 []        sum of E[sign(D(real))] since the last ADA adjustment
+  rng           uint32 [2]        root key data; every draw is fold_in(root, step, purpose)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gandance_jax.networks import stylegan2
+
+Array = jax.Array
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """See the module docstring for the fields and their shapes."""
+  step: Array
+  g_params: PyTree
+  g_buffers: PyTree
+  g_ema_params: PyTree
+  d_params: PyTree
+  d_buffers: PyTree
+  g_opt_state: PyTree
+  d_opt_state: PyTree
+  pl_mean: Array
+  augment_p: Array
+  ada_sign_sum: Array
+  rng: Array
+
+  @property
+  def w_avg(self) -> Array:
+    """[w_dim] the tracked average of W (the truncation centre)."""
+    return self.g_buffers["mapping_network"]["w_avg"]
+
+  @property
+  def g_variables(self) -> dict[str, PyTree]:
+    return {"params": self.g_params, "buffers": self.g_buffers}
+
+  @property
+  def g_ema_variables(self) -> dict[str, PyTree]:
+    """The variables to sample with: EMA params and the (tracked) buffers."""
+    return {"params": self.g_ema_params, "buffers": self.g_buffers}
+
+  @property
+  def d_variables(self) -> dict[str, PyTree]:
+    return {"params": self.d_params, "buffers": self.d_buffers}
+
+
+def build_models(config: ml_collections.ConfigDict
+                 ) -> tuple[stylegan2.Generator, stylegan2.Discriminator]:
+  """G and D from `config.generator` / `config.discriminator` (explicit keyword arguments)."""
+  G = stylegan2.Generator(**config.generator.to_dict())
+  D = stylegan2.Discriminator(**config.discriminator.to_dict())
+  return G, D
+
+
+def mb_ratio(interval: int) -> float:
+  """Lazy regularisation every `interval` steps: lr *= I / (I + 1), betas **= I / (I + 1)."""
+  return interval / (interval + 1)
+
+
+def make_optimizer(lr: float, betas: tuple[float, float], eps: float,
+                   reg_interval: int) -> optax.GradientTransformation:
+  """Adam with NVIDIA's lazy-regularisation scaling of lr and betas.
+
+  torch.optim.Adam and optax.adam agree (eps added to sqrt(v_hat)). As in NVIDIA's loop, the
+  scaling depends on the interval only, so it applies even when the regulariser's weight
+  is 0 (their G reg phase then runs with no gradient).
+  """
+  ratio = mb_ratio(reg_interval)
+  return optax.adam(lr * ratio, b1=betas[0] ** ratio, b2=betas[1] ** ratio, eps=eps)
+
+
+def make_optimizers(config: ml_collections.ConfigDict
+                    ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+  """(G optimizer, D optimizer) from `config.train`."""
+  t = config.train
+  betas = tuple(float(b) for b in t.betas)
+  g_tx = make_optimizer(t.g_lr, betas, t.eps, t.pl_interval)
+  d_tx = make_optimizer(t.d_lr, betas, t.eps, t.r1_interval)
+  return g_tx, d_tx
+
+
+def initial_augment_p(config: ml_collections.ConfigDict) -> float:
+  """Fixed p for 'diffaugment', 0 at the start of 'ada' (NVIDIA's augment_p), 0 for 'none'."""
+  if config.train.augment == "diffaugment":
+    return float(config.train.augment_p)
+  return 0.0
+
+
+def init_train_state(config: ml_collections.ConfigDict, G: stylegan2.Generator,
+                     D: stylegan2.Discriminator, g_tx: optax.GradientTransformation,
+                     d_tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state from `config.seed` (a pure function: wrap it in jit with out_shardings)."""
+  root = jax.random.key(config.seed)
+  g_vars = stylegan2.init_generator(G, jax.random.fold_in(root, 0))
+  d_vars = stylegan2.init_discriminator(D, jax.random.fold_in(root, 1))
+  g_params, d_params = g_vars["params"], d_vars["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      g_params=g_params,
+      g_buffers=g_vars["buffers"],
+      g_ema_params=jax.tree.map(jnp.copy, g_params),
+      d_params=d_params,
+      d_buffers=d_vars["buffers"],
+      g_opt_state=g_tx.init(g_params),
+      d_opt_state=d_tx.init(d_params),
+      pl_mean=jnp.zeros((), jnp.float32),
+      augment_p=jnp.asarray(initial_augment_p(config), jnp.float32),
+      ada_sign_sum=jnp.zeros((), jnp.float32),
+      # Raw key data (not a typed key) so that Orbax stores it as a plain uint32 array.
+      rng=jax.random.key_data(jax.random.fold_in(root, 2)),
+  )
+
+
+def params_are_finite(state: TrainState) -> Array:
+  """bool []: every parameter and optimizer moment of G, G EMA and D is finite."""
+  leaves = jax.tree.leaves((state.g_params, state.g_ema_params, state.d_params,
+                            state.g_opt_state, state.d_opt_state, state.g_buffers))
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves
+                            if jnp.issubdtype(x.dtype, jnp.floating)]))

@@ -1,0 +1,76 @@
+"""Launch scripts fail early with clear messages; the sweep expands, resumes and reports."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "launch"))
+import sweep as sweep_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _run(cmd, env=None):
+  full_env = dict(os.environ)
+  for k in ("TPU_NAME", "ZONE", "ACCELERATOR", "WORKDIR", "CONFIG", "SLURM_JOB_ID"):
+    full_env.pop(k, None)
+  full_env.update(env or {})
+  return subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
+                        timeout=60)
+
+
+@pytest.mark.parametrize("cmd, env, message", [
+    (["bash", "launch/local.sh"], {}, "usage: launch/local.sh CONFIG WORKDIR"),
+    (["bash", "launch/local.sh", "configs/nope.py", "/tmp/x"], {},
+     "config file 'configs/nope.py' not found"),
+    (["bash", "launch/local.sh", "configs/digits.py", "/tmp/x", "fly"], {},
+     "MODE must be train, sample or eval, got 'fly'"),
+    (["bash", "launch/slurm.sbatch"], {}, "set CONFIG=path/to/config.py"),
+    (["bash", "launch/slurm.sbatch"], {"CONFIG": "configs/digits.py", "WORKDIR": "/tmp/w"},
+     "not inside a SLURM allocation"),
+    (["bash", "launch/tpu_pod.sh", "configs/digits.py"], {"TPU_NAME": "t"}, "set ZONE"),
+    (["bash", "launch/tpu_pod.sh", "configs/digits.py"],
+     {"TPU_NAME": "t", "ZONE": "z", "ACCELERATOR": "v4-8", "WORKDIR": "/local/dir"},
+     "WORKDIR must be a gs:// bucket path"),
+])
+def test_scripts_fail_early_with_a_message(cmd, env, message):
+  result = _run(cmd, env)
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr
+
+
+def test_sweep_cells_expand_from_the_paper_grids():
+  sweep = sweep_lib.load_py_config(str(REPO_ROOT / "configs/sweeps/digits_mini.py"))
+  cells = sweep_lib.expand_cells(sweep)
+  grids = {}
+  for c in cells:
+    grids[c["grid"]] = grids.get(c["grid"], 0) + 1
+  # 3 |C| x 6 scales; 6 scales; 2 scales x 3 psi; 4 runs x 2 scales; 4 schedules.
+  assert grids == {"table1_training_free": 18, "table1_learned": 6, "psi_learned": 6,
+                   "reset_p": 8, "layerwise": 4}
+  assert len({sweep_lib.cell_key(c) for c in cells}) == len(cells)
+
+
+def test_sweep_end_to_end_resumes(tmp_path):
+  """Trains the shrink run, evaluates 3 cells, then a rerun recomputes nothing."""
+  out = tmp_path / "sweep"
+  cmd = [sys.executable, "launch/sweep.py", "--sweep=configs/sweeps/digits_mini.py:shrink",
+         f"--outdir={out}"]
+  env = dict(os.environ, GANDANCE_CACHE=str(tmp_path / "cache"))
+  first = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+  assert len(rows) == 3 and all(r["fid"] > 0 for r in rows)
+  assert {r["grid"] for r in rows} == {"table1_learned", "layerwise"}
+  assert "3 to run" in first.stdout
+  assert (out / "results.md").exists() and (out / "results.csv").exists()
+  assert (out / "fid_vs_scale.png").exists() and (out / "layerwise.png").exists()
+  second = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "3 done, 0 to run" in second.stdout
+  assert len((out / "results.jsonl").read_text().splitlines()) == 3

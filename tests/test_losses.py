@@ -1,0 +1,99 @@
+"""Tests of the GAN losses, R1, path length and the differentiable augmentation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gandance_jax import losses
+from gandance_jax.train import augment
+
+
+def test_logistic_losses_match_log_sigmoid():
+  logits = jnp.array([-30.0, -2.0, 0.0, 1.5, 30.0])
+  sig = jax.nn.sigmoid(logits)
+  np.testing.assert_allclose(losses.generator_loss(logits), -jnp.log(sig), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(losses.discriminator_real_loss(logits), -jnp.log(sig),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(losses.discriminator_fake_loss(logits[:4]),
+                             -jnp.log1p(-sig[:4]), rtol=1e-5, atol=1e-6)
+  assert np.all(np.isfinite(losses.generator_loss(jnp.array([-1e4, 1e4]))))
+
+
+def test_r1_penalty_of_a_quadratic():
+  # logits_b = sum(a * x_b^2)  =>  grad = 2 a x_b  =>  penalty_b = sum(4 a^2 x_b^2).
+  a = 0.7
+  x = jax.random.normal(jax.random.key(0), (3, 4, 4, 2))
+  penalty, logits = losses.r1_penalty(lambda img: jnp.sum(a * img ** 2, axis=(1, 2, 3)), x)
+  np.testing.assert_allclose(penalty, jnp.sum(4 * a * a * x ** 2, axis=(1, 2, 3)), rtol=1e-5)
+  np.testing.assert_allclose(logits, jnp.sum(a * x ** 2, axis=(1, 2, 3)), rtol=1e-5)
+
+
+def test_r1_penalty_is_differentiable_in_the_weights():
+  x = jax.random.normal(jax.random.key(1), (2, 2, 2, 1))
+  loss = lambda w: jnp.mean(losses.r1_penalty(lambda img: jnp.sum(w * img ** 2, (1, 2, 3)),
+                                              x)[0])
+  # d/dw mean_b sum 4 w^2 x^2 = mean_b sum 8 w x^2
+  np.testing.assert_allclose(jax.grad(loss)(0.5), jnp.mean(jnp.sum(8 * 0.5 * x ** 2,
+                                                                    (1, 2, 3))), rtol=1e-5)
+
+
+def test_path_length_of_a_linear_synthesis():
+  # images = einsum(ws, M): J^T y = M y, so lengths are analytic.
+  b, num_ws, w_dim, h = 4, 3, 5, 2
+  m = jax.random.normal(jax.random.key(2), (num_ws, w_dim, h, h, 1))
+  ws = jax.random.normal(jax.random.key(3), (b, num_ws, w_dim))
+  synth = lambda w: jnp.einsum("bnd,ndhwc->bhwc", w, m)
+  key = jax.random.key(4)
+  penalty, lengths, pl_mean = losses.path_length_penalty(synth, ws, key, jnp.float32(0.5),
+                                                         0.01)
+  y = jax.random.normal(key, (b, h, h, 1)) / np.sqrt(h * h)
+  grads = jnp.einsum("bhwc,ndhwc->bnd", y, m)
+  want = jnp.sqrt(jnp.mean(jnp.sum(grads ** 2, axis=2), axis=1))
+  np.testing.assert_allclose(lengths, want, rtol=1e-5)
+  np.testing.assert_allclose(pl_mean, 0.5 + (want.mean() - 0.5) * 0.01, rtol=1e-5)
+  np.testing.assert_allclose(penalty, (want - pl_mean) ** 2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ops", [("color",), ("translation",), ("cutout",),
+                                 ("color", "translation", "cutout")])
+def test_augment_shapes_identity_and_gradients(ops):
+  x = jax.random.uniform(jax.random.key(5), (8, 8, 8, 3), minval=-1, maxval=1)
+  key = jax.random.key(6)
+  np.testing.assert_array_equal(augment.augment(x, key, 0.0, ops), x)
+  y = augment.augment(x, key, 1.0, ops)
+  assert y.shape == x.shape and not np.allclose(y, x)
+  np.testing.assert_array_equal(augment.augment(x, key, 1.0, ops), y)  # deterministic
+  grad = jax.grad(lambda v: jnp.sum(augment.augment(v, key, 1.0, ops) ** 2))(x)
+  assert np.all(np.isfinite(grad)) and np.abs(grad).sum() > 0
+
+
+def test_translation_fills_with_zero_and_cutout_masks_a_quarter():
+  x = jnp.ones((64, 16, 16, 1))
+  u = jax.random.uniform(jax.random.key(7), (64, augment.NUM_DRAWS))
+  y = augment.translation(x, u)
+  assert set(np.unique(np.asarray(y)).tolist()) <= {0.0, 1.0}
+  # Shifts are in [-2, 2] pixels: at most 2 rows and 2 columns become zero.
+  assert float(y.mean()) > (14 * 14) / 256 - 1e-6
+  z = augment.cutout(x, u)
+  # An 8x8 square, partly outside the image when centred near the border.
+  zero_frac = 1 - np.asarray(z).mean(axis=(1, 2, 3))
+  assert np.all(zero_frac <= 0.25 + 1e-6) and np.all(zero_frac >= 0.0625 - 1e-6)
+
+
+def test_parse_policy_rejects_unknown_ops():
+  assert augment.parse_policy("color, cutout") == ("color", "cutout")
+  with pytest.raises(ValueError, match="rotate"):
+    augment.parse_policy("color,rotate")
+
+
+def test_ada_adjust_moves_p_towards_the_target():
+  p = jnp.float32(0.1)
+  up = augment.ada_adjust(p, jnp.float32(0.9), 0.6, batch_size=64, interval=4, ada_kimg=100)
+  down = augment.ada_adjust(p, jnp.float32(0.1), 0.6, batch_size=64, interval=4, ada_kimg=100)
+  np.testing.assert_allclose(up, 0.1 + 64 * 4 / 100_000, rtol=1e-6)
+  np.testing.assert_allclose(down, 0.1 - 64 * 4 / 100_000, rtol=1e-6)
+  assert float(augment.ada_adjust(jnp.float32(0.0), jnp.float32(-1.0), 0.6, 64, 4, 100)) == 0

@@ -1,0 +1,215 @@
+"""Tests of the train state, the phases (label reset, EMA, lazy-reg optimizers, w_avg) and an
+end-to-end run of the loop in-process (files written, `load_generator`, non-finite stop)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tests._mp_common import tiny_config
+from gandance_jax import checkpoint, config_lib
+from gandance_jax.train import loop, sharding, state as state_lib, step as step_lib
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+  return tmp_path_factory.getbasetemp() / "trainer_shared"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = tiny_config()
+  G, D = state_lib.build_models(config)
+  g_tx, d_tx = state_lib.make_optimizers(config)
+  state = state_lib.init_train_state(config, G, D, g_tx, d_tx)
+  fns = step_lib.PhaseFns(config, G, D, g_tx, d_tx)
+  from gandance_jax.data import make_source
+  batch = jax.tree.map(jnp.asarray, next(make_source(config.data).batches(8)))
+  return config, fns, state, batch
+
+
+def test_label_reset_probability_and_sharing(tiny):
+  config, fns, state, batch = tiny
+  labels = batch["label"]
+  reset = fns.labels_for_step(state, labels)
+  # p = 0.5: some labels reset to the empty id 10, the others untouched.
+  assert set(np.asarray(reset[reset != labels]).tolist()) <= {10}
+  # Every phase of a step calls this with the same state: the same mask.
+  np.testing.assert_array_equal(fns.labels_for_step(state, labels), reset)
+  # Another step draws another mask (over many steps about half are reset).
+  frac = np.mean([np.mean(np.asarray(fns.labels_for_step(state.replace(step=jnp.int32(s)),
+                                                          labels) == 10)) for s in range(40)])
+  assert 0.35 < frac < 0.65
+  for p, expect in ((0.0, labels), (1.0, jnp.full_like(labels, 10))):
+    config_p = tiny_config(train__label_reset_prob=p)
+    fns_p = step_lib.PhaseFns(config_p, fns.G, fns.D, fns.g_tx, fns.d_tx)
+    np.testing.assert_array_equal(fns_p.labels_for_step(state, labels), expect)
+
+
+def test_lazy_regularization_scales_adam_like_nvidia():
+  ratio = state_lib.mb_ratio(16)
+  assert ratio == 16 / 17
+  tx = state_lib.make_optimizer(0.002, (0.0, 0.99), 1e-8, reg_interval=16)
+  params = {"w": jnp.array([1.0, -2.0])}
+  grads = {"w": jnp.array([0.3, -0.1])}
+  opt = tx.init(params)
+  updates, _ = tx.update(grads, opt, params)
+  b1, b2, lr = 0.0 ** ratio, 0.99 ** ratio, 0.002 * ratio
+  m = (1 - b1) * grads["w"] / (1 - b1)
+  v = (1 - b2) * grads["w"] ** 2 / (1 - b2)
+  np.testing.assert_allclose(updates["w"], -lr * m / (jnp.sqrt(v) + 1e-8), rtol=1e-6)
+
+
+def test_phase_schedule(tiny):
+  config = tiny[0]
+  mesh = sharding.make_mesh(1)
+  G, D = state_lib.build_models(config)
+  g_tx, d_tx = state_lib.make_optimizers(config)
+  ts = step_lib.TrainStep(config, G, D, g_tx, d_tx, mesh)
+  assert ts.phases_at(0) == ["g_main", "g_reg", "d_main", "d_reg"]
+  assert ts.phases_at(1) == ["g_main", "d_main"]
+  assert ts.phases_at(2) == ["g_main", "g_reg", "d_main"]
+  assert ts.phases_at(4) == ["g_main", "g_reg", "d_main", "d_reg"]
+
+
+def test_ema_beta_and_rampup(tiny):
+  config, fns, state, _ = tiny
+  shifted = state.replace(g_params=jax.tree.map(lambda x: x + 1.0, state.g_params))
+  # Step 0: ema_nimg = 0 -> beta = 0 -> the EMA equals the params.
+  out, metrics = fns.finish(shifted)
+  assert float(metrics["ema_beta"]) == 0.0 and int(out.step) == 1
+  jax.tree.map(np.testing.assert_array_equal, out.g_ema_params, shifted.g_params)
+  # Step 100, batch 8, rampup 0.05, ema_kimg 1: ema_nimg = min(1000, 800 * 0.05) = 40.
+  out, metrics = fns.finish(shifted.replace(step=jnp.int32(100)))
+  beta = 0.5 ** (8 / 40)
+  np.testing.assert_allclose(metrics["ema_beta"], beta, rtol=1e-6)
+  leaf = lambda t: jax.tree.leaves(t)[0]
+  np.testing.assert_allclose(leaf(out.g_ema_params),
+                             leaf(shifted.g_params) + (leaf(state.g_ema_params) -
+                                                       leaf(shifted.g_params)) * beta,
+                             rtol=1e-6)
+
+
+def test_ada_updates_p_every_interval(tiny):
+  config, fns, state, _ = tiny
+  s = state.replace(step=jnp.int32(1), ada_sign_sum=jnp.float32(2.0))  # E[sign] = 1 > 0
+  out, _ = fns.finish(s)           # step becomes 2: due (interval 2)
+  np.testing.assert_allclose(out.augment_p, 8 * 2 / 100, rtol=1e-6)
+  assert float(out.ada_sign_sum) == 0.0
+  out, _ = fns.finish(s.replace(step=jnp.int32(2)))   # step becomes 3: not due
+  assert float(out.augment_p) == 0.0 and float(out.ada_sign_sum) == 2.0
+
+
+def test_phases_update_their_network_and_w_avg(tiny):
+  config, _, state, batch = tiny
+  # The loop's own jitted phases (cached per config, so the e2e test reuses the compile).
+  mesh = sharding.make_mesh(1)
+  _, _, init_fn, ts, _ = loop._build(config, mesh)  # pylint: disable=protected-access
+  batch = sharding.global_batch(jax.tree.map(np.asarray, batch), sharding.batch_sharding(mesh))
+  fresh = lambda: init_fn()  # the phases donate their input state
+  copy = lambda tree: jax.tree.map(np.asarray, tree)
+  before = copy(fresh())
+  changed = lambda a, b: any(not np.array_equal(x, y) for x, y in
+                             zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  new, metrics = ts.g_main(fresh(), batch)
+  assert np.isfinite(float(metrics["loss/G"]))
+  assert not np.allclose(new.w_avg, before.w_avg)
+  assert changed(new.g_params, before.g_params) and not changed(new.d_params, before.d_params)
+  new, metrics = ts.d_reg(fresh(), batch)
+  assert float(metrics["r1_penalty"]) > 0 and changed(new.d_params, before.d_params)
+  assert not changed(new.g_params, before.g_params)
+  new, metrics = ts.g_reg(fresh(), batch)
+  assert float(metrics["pl_length"]) > 0 and float(new.pl_mean) > 0
+  new, metrics = ts.d_main(fresh(), batch)
+  assert np.isfinite(float(metrics["loss/D"])) and not changed(new.g_params, before.g_params)
+
+
+def test_train_loop_end_to_end(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(class_accuracy__num_per_class=2)
+  state = loop.train(config, workdir)
+  assert int(state.step) == 24
+  files = set(os.listdir(workdir))
+  assert {"config.json", "metrics.jsonl", "grid_00000008.png", "grid_00000016.png",
+          "grid_00000024.png", "grid_final.png", "checkpoints"} <= files
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  steps = [r["step"] for r in records if not r.get("final")]
+  assert steps == list(range(1, 25))
+  assert all(np.isfinite(r["loss/G"]) and np.isfinite(r["loss/D"]) for r in records
+             if not r.get("final"))
+  assert sum("loss/D_reg" in r for r in records) == 6      # steps 0, 4, ..., 20
+  assert sum("loss/G_reg" in r for r in records) == 12     # every 2nd step
+  assert len({r["augment_p"] for r in records if "augment_p" in r}) > 1   # ADA moved p
+  final = [r for r in records if r.get("final")]
+  assert len(final) == 1 and 0 <= final[0]["class_accuracy"] <= 1
+  assert 0 <= final[0]["class_accuracy_logreg"] <= 1
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [
+      16, 20, 24]                                            # keep_checkpoints = 3
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["train"]["batch_size"] == 8
+
+  # load_generator: only G EMA + buffers (with the tracked w_avg), any device count.
+  G, g_vars, loaded_config, step = checkpoint.load_generator(workdir)
+  assert step == 24 and loaded_config.train.batch_size == 8 and G.resolution == 8
+  jax.tree.map(np.testing.assert_array_equal, g_vars["params"], state.g_ema_params)
+  np.testing.assert_array_equal(g_vars["buffers"]["mapping_network"]["w_avg"], state.w_avg)
+  _, _, _, step16 = checkpoint.load_generator(workdir, step=16)
+  assert step16 == 16
+  ws = G.apply(g_vars, jnp.zeros((2, G.z_dim)), jnp.array([0, 10]), method=G.mapping)
+  img = G.apply(g_vars, ws, noise_mode="const", method=G.synthesis)
+  assert img.shape == (2, 8, 8, 1)
+
+
+def test_non_finite_loss_stops_with_step_and_name(tmp_path, monkeypatch):
+  # Poison the data from step 5 on (no recompilation: same config as the e2e test).
+  from gandance_jax import data as data_lib
+  make_source = data_lib.make_source
+
+  class Poisoned:
+    def __init__(self, source):
+      self.source = source
+
+    def __getattr__(self, name):
+      return getattr(self.source, name)
+
+    def batches(self, batch_size, start_step=0):
+      for step, batch in enumerate(self.source.batches(batch_size, start_step), start_step):
+        if step >= 5:
+          batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        yield batch
+
+  monkeypatch.setattr(data_lib, "make_source", lambda cfg: Poisoned(make_source(cfg)))
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(loop.NonFiniteLossError,
+                     match=r"non-finite loss/D = nan at step 5.*last good checkpoint is step 4"):
+    loop.train(tiny_config(), workdir)
+  # The checkpoint of step 4 is kept; nothing after the bad step was saved.
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [4]
+
+
+def test_config_errors_name_the_field(tmp_path):
+  config = tiny_config(train__batch_size=6)
+  with pytest.raises(ValueError, match="train.batch_size = 6"):
+    loop.train(config, str(tmp_path / "bad"))
+  config = tiny_config(train__augment_policy="color,zoom")
+  with pytest.raises(config_lib.ConfigError, match="train.augment_policy"):
+    config_lib.validate_config(config)
+
+
+def test_class_accuracy_of_real_digits_is_high():
+  # The measuring code itself: real digits are recognised as their class.
+  from gandance_jax import digits_eval
+  from gandance_jax.data import load_digits
+  images, labels = load_digits(16)
+  acc = digits_eval.class_accuracy(images[::4], labels[::4])
+  assert acc["class_accuracy"] > 0.95 and acc["class_accuracy_logreg"] > 0.95
+  # Shuffled labels: chance level.
+  rng = np.random.default_rng(0)
+  acc = digits_eval.class_accuracy(images[::4], rng.permutation(labels[::4]))
+  assert acc["class_accuracy"] < 0.3 and acc["class_accuracy_logreg"] < 0.3
