@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
       augment_p=1.0,             # 'diffaugment': fixed probability of each op per image.
       ada_target=0.6, ada_kimg=100.0,  # 'ada': target E[sign(D(real))], speed of p (kimg).
       ada_interval=4,            # 'ada': adjust p every N steps.
+      loss="ns",                 # 'ns' (non-saturating logistic) or 'san' (SAN, seeds/004).
+      san_base="hinge",          # SAN's function-part loss: 'hinge' or 'logistic'.
   ))
 
   # Mesh: a 1-D data-parallel mesh; -1 = all devices.
@@ -202,6 +204,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _fail("train.label_reset_prob", t.label_reset_prob,
           "must be 0 unless generator.empty_class is True (reset labels go to the empty id)")
   _choice(t, "augment", AUGMENTS, "train")
+  _choice(t, "loss", ("ns", "san"), "train")
+  _choice(t, "san_base", ("hinge", "logistic"), "train")
   ops = [op.strip() for op in str(t.augment_policy).split(",") if op.strip()]
   if t.augment != "none" and (not ops or any(op not in AUGMENT_OPS for op in ops)):
     _fail("train.augment_policy", t.augment_policy,

@@ -34,7 +34,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gandance_jax import losses
+from gandance_jax import losses, san
 from gandance_jax.networks import stylegan2
 from gandance_jax.train import augment as augment_lib
 from gandance_jax.train.state import TrainState
@@ -160,6 +160,8 @@ class PhaseFns:
       ws, w = self.run_mapping(g_vars, z, labels, key(Draw.MIX))
       images = self.run_synthesis(g_vars, ws, key(Draw.NOISE))
       logits = self.run_d(state, state.d_params, images, labels, key(Draw.AUG_FAKE))
+      if self.t.get("loss", "ns") == "san":
+        return san.generator_loss(logits, self.t.san_base), (logits, w)
       return jnp.mean(losses.generator_loss(logits)), (logits, w)
 
     (loss, (logits, w)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
@@ -206,6 +208,15 @@ class PhaseFns:
     fakes = jax.lax.stop_gradient(self.run_synthesis(state.g_variables, ws, key(Draw.NOISE)))
     reals = batch["image"]
 
+    def san_loss_fn(d_params):
+      # SAN (seeds/004): hinge/logistic on the function part, Wasserstein-style term on the
+      # normalised direction; same augmentation draws as the logistic path.
+      d_vars = {"params": d_params, "buffers": state.d_buffers}
+      loss, m = san.stylegan2_discriminator_loss(
+          self.D, d_vars, self._augment(state, reals, key(Draw.AUG_REAL)), labels,
+          self._augment(state, fakes, key(Draw.AUG_FAKE)), labels, base=self.t.san_base)
+      return loss, (m["fake_logits"], m["real_logits"])
+
     def loss_fn(d_params):
       fake_logits = self.run_d(state, d_params, fakes, labels, key(Draw.AUG_FAKE))
       real_logits = self.run_d(state, d_params, reals, labels, key(Draw.AUG_REAL))
@@ -214,7 +225,8 @@ class PhaseFns:
       return loss_fake + loss_real, (fake_logits, real_logits)
 
     (loss, (fake_logits, real_logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.d_params)
+        san_loss_fn if self.t.get("loss", "ns") == "san" else loss_fn,
+        has_aux=True)(state.d_params)
     updates, d_opt_state = self.d_tx.update(_nan_to_num(grads), state.d_opt_state,
                                             state.d_params)
     real_sign = jnp.mean(jnp.sign(real_logits))
