@@ -243,4 +243,3 @@ def test_san_loss_option_trains_d_and_g(tiny):
     san_config.train.loss = "wgan"
   with pytest.raises(config_lib.ConfigError, match=r"config.train.loss = 'wgan'"):
     config_lib.validate_config(san_config)
-  del san
