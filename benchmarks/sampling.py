@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gandance_jax import guidance, images, layers, sample_cli
+from gandance_jax import guidance, images, sample_cli
 from gandance_jax.networks import stylegan2
+from gandance_jax.networks.stylegan2 import random_variables
 
 IMAGENET64 = dict(z_dim=512, w_dim=512, num_classes=1000, empty_class=True, resolution=64,
                   img_channels=3, mapping_layers=8, channel_base=16384, channel_max=512)
@@ -39,23 +40,6 @@ IMAGENET64 = dict(z_dim=512, w_dim=512, num_classes=1000, empty_class=True, reso
 TINY64 = dict(IMAGENET64, channel_base=256, channel_max=16)
 
 
-def random_variables(G: stylegan2.Generator, seed: int = 0) -> dict:
-  """Variables with weights drawn as G.init draws them (N(0, 1), std 100 for the lr-0.01
-  mapping layers), real FIR filters, without tracing G.init (slow on a CPU)."""
-  shapes = jax.eval_shape(lambda k: stylegan2.init_generator(G, k), jax.random.key(0))
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, s):
-    names = [getattr(p, "key", "") for p in path]
-    if names[-1] == "resample_filter":
-      return jnp.asarray(layers.setup_filter(G.resample_filter))
-    if names[-1] == "bias":
-      return jnp.asarray((1.0 if "affine" in names else 0.0)
-                         + 0.1 * rng.standard_normal(s.shape), jnp.float32)
-    std = 100.0 if "mapping_network" in names and names[-2].startswith("fc") else 1.0
-    return jnp.asarray(std * rng.standard_normal(s.shape), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 def _flops(compiled) -> float:

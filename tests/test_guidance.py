@@ -7,32 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gandance_jax import guidance, layers
+from gandance_jax import guidance
 from gandance_jax.networks import stylegan2
+from gandance_jax.networks.stylegan2 import random_variables
 
 NUM_CLASSES = 7
 BATCH = 5
 
 
-def random_variables(G, seed=0):
-  """G's variables with N(0, 1) weights (as G.init draws them) but no costly init trace.
-
-  Resampling filters are the real ones; noise strengths and w_avg are non-zero so that
-  noise and truncation are visible.
-  """
-  shapes = jax.eval_shape(lambda k: stylegan2.init_generator(G, k), jax.random.key(0))
-  rng = np.random.default_rng(seed)
-  def leaf(path, s):
-    names = [getattr(p, "key", "") for p in path]
-    if names[-1] == "resample_filter":
-      return jnp.asarray(layers.setup_filter(G.resample_filter))
-    if names[-1] == "bias":
-      return jnp.asarray((1.0 if "affine" in names else 0.0)
-                         + 0.1 * rng.standard_normal(s.shape), jnp.float32)
-    # Mapping layers have lr_multiplier 0.01, so G.init draws their weights with std 100.
-    std = 100.0 if "mapping_network" in names and names[-2].startswith("fc") else 1.0
-    return jnp.asarray(std * rng.standard_normal(s.shape), jnp.float32)
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @pytest.fixture(scope="module")

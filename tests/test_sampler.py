@@ -11,28 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gandance_jax import guidance, layers
+from gandance_jax import guidance
 from gandance_jax.networks import stylegan2
+from gandance_jax.networks.stylegan2 import random_variables
 
 NUM_CLASSES = 7
 TINY = dict(z_dim=16, w_dim=16, num_classes=NUM_CLASSES, resolution=16, img_channels=3,
             channel_base=128, channel_max=16, mapping_layers=2)
 
 
-def random_variables(G, seed=0):
-  """G's variables with weights drawn as G.init draws them, without the costly init trace."""
-  shapes = jax.eval_shape(lambda k: stylegan2.init_generator(G, k), jax.random.key(0))
-  rng = np.random.default_rng(seed)
-  def leaf(path, s):
-    names = [getattr(p, "key", "") for p in path]
-    if names[-1] == "resample_filter":
-      return jnp.asarray(layers.setup_filter(G.resample_filter))
-    if names[-1] == "bias":
-      return jnp.asarray((1.0 if "affine" in names else 0.0)
-                         + 0.1 * rng.standard_normal(s.shape), jnp.float32)
-    std = 100.0 if "mapping_network" in names and names[-2].startswith("fc") else 1.0
-    return jnp.asarray(std * rng.standard_normal(s.shape), jnp.float32)
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +170,8 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import json, os, sys
     import jax, numpy as np
     sys.path.insert(0, os.environ["TESTS_DIR"])
-    from test_sampler import TINY, random_variables
+    from test_sampler import TINY
+    from gandance_jax.networks.stylegan2 import random_variables
     from gandance_jax import guidance
     from gandance_jax.networks import stylegan2
     from jax.sharding import PartitionSpec as P
