@@ -4,6 +4,9 @@
   python -m gandance_jax.main --config=configs/digits.py:shrink --workdir=/tmp/digits_tiny
 
 `:shrink` (or any arg containing 'shrink') makes a seconds-long smoke-test version.
+`:fid` (or e.g. `:shrink,fid`) adds an in-loop FID on the digits classifier's features at
+guidance scales 1.0 and 1.3 (evaluation/evaluator.py); its fields can be overridden, e.g.
+`--config.evals.fid.every_steps=250`.
 """
 
 import ml_collections
@@ -49,4 +52,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.sample_every_steps = 5
     config.sample.update(dict(num_samples=40, batch_size=20))
     config.class_accuracy.num_per_class = 10
+  if "fid" in arg:
+    small = "shrink" in arg
+    config.evals.fid = dict(
+        type="fid", extractor="digits", num_samples=60 if small else 1000,
+        guidance_scales=(1.0, 1.3), mode="learned", every_steps=5 if small else 500,
+        batch_size=20 if small else 250)
   return config

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gandance_jax import multihost
 from gandance_jax.networks import stylegan2
 
 Array = jax.Array
@@ -463,7 +464,29 @@ class Sampler:
   def place(self, variables: Variables) -> Variables:
     """The variables replicated over this sampler's devices (a no-op if they already are;
     e.g. checkpoint.load_generator replicates over all devices, a sampler may use fewer)."""
-    return jax.device_put(variables, NamedSharding(self.mesh, P()))
+    target = NamedSharding(self.mesh, P())
+    if all(d.process_index == jax.process_index() for d in self.spec.devices):
+      # A sampler on this process's devices given (multi-process) global variables:
+      # start from this process's copy (a global array cannot move to local devices).
+      variables = multihost.local_copy(variables)
+    return jax.device_put(variables, target)
+
+  @property
+  def spans_processes(self) -> bool:
+    """True when the devices belong to several processes (one global program)."""
+    return len({d.process_index for d in self.spec.devices}) > 1
+
+  def _batch(self, x: np.ndarray) -> Any:
+    """A host batch [B, ...] (the same on every process) as the program's input.
+
+    Numpy is fine for local devices; a mesh over several processes needs a global array,
+    of which each process supplies its devices' rows.
+    """
+    if not self.spans_processes:
+      return x
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, P("data")),
+                                        lambda index: x[index])
 
   def _check_labels(self, labels: Any) -> np.ndarray:
     G = self.spec.G
@@ -501,12 +524,14 @@ class Sampler:
     """labels int [B] -> images [B, H, W, C] float (device array, batch-sharded).
 
     Sample b uses global index ``start_index + b`` (or ``indices[b]``) for its randomness.
+    With devices of several processes the result is a global array: every process must
+    call with the same labels, and `multihost.to_host` gathers it.
     """
     labels = self._check_labels(labels)
     n = len(labels)
     labels, idx = self._pad(labels, self._indices(n, start_index, indices))
-    out = _compiled(self.spec, "sample")(self.place(variables), key, labels, idx,
-                                         *self._args())
+    out = _compiled(self.spec, "sample")(self.place(variables), key, self._batch(labels),
+                                         self._batch(idx), *self._args())
     return out[:n] if len(labels) != n else out
 
   def latents(self, variables: Variables, key: Array, labels: Any, *, start_index: int = 0,
@@ -515,8 +540,8 @@ class Sampler:
     labels = self._check_labels(labels)
     n = len(labels)
     labels, idx = self._pad(labels, self._indices(n, start_index, indices))
-    out = _compiled(self.spec, "latents")(self.place(variables), key, labels, idx,
-                                          *self._args())
+    out = _compiled(self.spec, "latents")(self.place(variables), key, self._batch(labels),
+                                          self._batch(idx), *self._args())
     return out[:n] if len(labels) != n else out
 
   def synthesize(self, variables: Variables, key: Array, ws: Array, *, start_index: int = 0,
@@ -524,16 +549,26 @@ class Sampler:
     """ws [B, num_ws, w_dim] -> images [B, H, W, C], with the noise of samples `indices`."""
     n = ws.shape[0]
     idx = self._indices(n, start_index, indices)
+    if self.spans_processes:
+      ws = multihost.to_host(ws)
     pad = -n % self.num_devices
     if pad:
-      ws = jnp.concatenate([ws, jnp.repeat(ws[:1], pad, axis=0)])
+      ws = (np.concatenate if isinstance(ws, np.ndarray) else jnp.concatenate)(
+          [ws, ws[:1].repeat(pad, axis=0)])
       idx = np.concatenate([idx, np.repeat(idx[:1], pad)])
-    out = _compiled(self.spec, "synthesize")(self.place(variables), key, ws, idx)
+    out = _compiled(self.spec, "synthesize")(self.place(variables), key,
+                                             self._batch(ws) if self.spans_processes else ws,
+                                             self._batch(idx))
     return out[:n] if pad else out
 
   def stream(self, variables: Variables, key: Array, labels: Any, *, chunk_size: int,
              start_index: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (offset, images float32 numpy [n, H, W, C]) for labels [N] in chunks.
+
+    A sampler whose devices span several processes is one global program: every process
+    must call this with the same arguments, each computes its devices' rows of a chunk, and
+    every process receives the whole chunk. (Evaluation instead gives each process its own
+    share and local devices, see evaluation/evaluator.py.)
 
     Every chunk has the same compiled shape (`chunk_size` rounded up to a multiple of the
     device count; the last one is padded and trimmed), sample i uses global index
@@ -555,12 +590,13 @@ class Sampler:
       if n < chunk:
         chunk_labels[n:] = labels[offset]
       idx = np.arange(start_index + offset, start_index + offset + chunk, dtype=np.int32)
-      out = fn(variables, key, chunk_labels, idx, *args)  # Dispatched asynchronously.
+      # Dispatched asynchronously.
+      out = fn(variables, key, self._batch(chunk_labels), self._batch(idx), *args)
       if pending is not None:
-        yield pending[0], np.asarray(pending[2])[:pending[1]]
+        yield pending[0], multihost.to_host(pending[2])[:pending[1]]
       pending = (offset, n, out)
     if pending is not None:
-      yield pending[0], np.asarray(pending[2])[:pending[1]]
+      yield pending[0], multihost.to_host(pending[2])[:pending[1]]
 
 
 def make_sampler(G: stylegan2.Generator, *, mode: str = "training_free",

@@ -34,6 +34,8 @@ flags.DEFINE_string("compilation_cache_dir",
                     os.path.join(os.environ.get("GANDANCE_CACHE", "~/.cache/gandance_jax"),
                                  "xla"),
                     "Persistent XLA compilation cache ('' = off); makes restarts start fast.")
+flags.DEFINE_bool("log_all_processes", False,
+                  "Log INFO from every process (default: only process 0; others warn/error).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,6 +49,9 @@ def main(argv: list[str]) -> int:
   # Multi-process start-up must come before any JAX computation.
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
+  if jax.process_index() > 0 and not FLAGS.log_all_processes:
+    # One readable log per run: metrics, grids and files come from process 0 anyway.
+    logging.set_verbosity(logging.WARNING)
   if FLAGS.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(FLAGS.compilation_cache_dir))

@@ -13,6 +13,9 @@ From a generator (the G EMA of a checkpoint, or any Generator + variables) and `
   host memory does not grow with N.
 
 ``tag`` is ``s<scale>`` or ``layerwise``. Every option is checked before anything is compiled.
+
+Multi-process runs: every process calls this; each output is one global program sharded over
+all devices (each process computes its devices' rows), and only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from gandance_jax import config_lib, guidance, images
+from gandance_jax import config_lib, guidance, images, multihost
 from gandance_jax.networks import stylegan2
 
 # fold_in purposes of the root key jax.random.key(config.sample.seed).
@@ -147,11 +150,13 @@ def run_with_generator(G: stylegan2.Generator, variables: Any, sample_config: An
     row_labels = np.repeat(np.asarray(classes, np.int32), s.grid_rows_per_class)
     scales = [1.0] if mode == "none" else [float(x) for x in s.scales]
     key = jax.random.fold_in(root, _GRID)
-    columns = [np.asarray(_sampler(G, s, scale, devices)(variables, key, row_labels))
+    columns = [multihost.to_host(_sampler(G, s, scale, devices)(variables, key, row_labels))
                for scale in scales]
     grid = np.stack(columns, axis=1).reshape((-1,) + columns[0].shape[1:])
     path = os.path.join(outdir, f"grid_{mode}.png")
-    outputs["grid"].append(images.save_grid(path, grid, rows=len(row_labels), cols=len(scales)))
+    if multihost.is_main():
+      images.save_grid(path, grid, rows=len(row_labels), cols=len(scales))
+    outputs["grid"].append(path)
     logging.info("wrote %s (rows: classes %s, columns: scales %s)", path, classes, scales)
 
   if "interp" in s.outputs:
@@ -162,15 +167,17 @@ def run_with_generator(G: stylegan2.Generator, variables: Any, sample_config: An
       key = jax.random.fold_in(root, _INTERP)
       rows = np.arange(len(pairs), dtype=np.int32)
       ends = [np.asarray([p[i] for p in pairs], np.int32) for i in (0, 1)]
-      ws_a, ws_b = (np.asarray(sampler.latents(variables, key, e, indices=rows)) for e in ends)
+      ws_a, ws_b = (multihost.to_host(sampler.latents(variables, key, e, indices=rows))
+                    for e in ends)
       t = np.linspace(0.0, 1.0, s.interp_steps, dtype=np.float32)[None, :, None, None]
       ws = (ws_a[:, None] + t * (ws_b - ws_a)[:, None]).reshape((-1,) + ws_a.shape[1:])
-      strip = np.asarray(sampler.synthesize(variables, key, ws,
-                                            indices=np.repeat(rows, s.interp_steps)))
+      strip = multihost.to_host(sampler.synthesize(variables, key, ws,
+                                                   indices=np.repeat(rows, s.interp_steps)))
       tag = _tag(None if schedule is not None else (1.0 if mode == "none" else s.interp_scale))
       path = os.path.join(outdir, f"interp_{mode}_{tag}.png")
-      outputs["interp"].append(images.save_grid(path, strip, rows=len(pairs),
-                                                cols=s.interp_steps))
+      if multihost.is_main():
+        images.save_grid(path, strip, rows=len(pairs), cols=s.interp_steps)
+      outputs["interp"].append(path)
       logging.info("wrote %s (pairs %s)", path, pairs)
 
   if "npz" in s.outputs:
@@ -186,7 +193,12 @@ def run_with_generator(G: stylegan2.Generator, variables: Any, sample_config: An
       chunks = (images.to_uint8(x, s.quantization)
                 for _, x in sampler.stream(variables, key, labels, chunk_size=int(s.batch_size)))
       path = os.path.join(outdir, f"samples_{n}_{mode}_{_tag(scale)}.npz")
-      outputs["npz"].append(write_npz_stream(path, chunks, shape, labels))
+      if multihost.is_main():
+        write_npz_stream(path, chunks, shape, labels)
+      else:
+        for _ in chunks:  # The other processes compute their rows of every chunk.
+          pass
+      outputs["npz"].append(path)
       logging.info("wrote %s", path)
   return outputs
 

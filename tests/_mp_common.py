@@ -57,8 +57,9 @@ def tiny_flags(**overrides: Any) -> list[str]:
 
 
 def main_command(workdir: str | os.PathLike, cache_dir: str | os.PathLike,
-                 *extra: str, **overrides: Any) -> list[str]:
-  return [sys.executable, "-m", "gandance_jax.main", "--config=configs/digits.py:shrink",
+                 *extra: str, config: str = "configs/digits.py:shrink",
+                 **overrides: Any) -> list[str]:
+  return [sys.executable, "-m", "gandance_jax.main", f"--config={config}",
           f"--workdir={workdir}", f"--compilation_cache_dir={cache_dir}",
           *tiny_flags(**overrides), *extra]
 
@@ -90,10 +91,11 @@ class Trainer:
   block the process, and with it any process waiting on it in a collective)."""
 
   def __init__(self, workdir, cache_dir, *extra: str, log_path, num_devices: int = 1,
-               **overrides: Any):
+               config: str = "configs/digits.py:shrink", **overrides: Any):
     self.log_path = pathlib.Path(log_path)
     self._log = open(self.log_path, "w")
-    self.proc = subprocess.Popen(main_command(workdir, cache_dir, *extra, **overrides),
+    self.proc = subprocess.Popen(main_command(workdir, cache_dir, *extra, config=config,
+                                              **overrides),
                                  cwd=REPO, env=subprocess_env(num_devices),
                                  stdout=subprocess.DEVNULL, stderr=self._log, text=True)
 
@@ -108,13 +110,14 @@ class Trainer:
 
 
 def read_metrics(workdir) -> dict[int, dict[str, float]]:
-  """metrics.jsonl -> {step: record}; a step logged twice (killed run) keeps the last."""
-  out = {}
+  """metrics.jsonl -> {step: merged records}; a value logged twice (killed run) keeps the
+  last. Evaluation records of a step (in-loop FID) merge with its loss record."""
+  out: dict[int, dict[str, float]] = {}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       record = json.loads(line)
-      if not record.get("final"):
-        out[record["step"]] = record
+      if not record.get("final") and not record.get("eval"):
+        out.setdefault(record["step"], {}).update(record)
   return out
 
 

@@ -3,6 +3,8 @@ collectives) gives the same losses and parameters up to float reassociation."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 
 import jax
@@ -46,19 +48,92 @@ def test_four_devices_match_one(shared, tmp_path):
   _assert_close_runs(reference, tmp_path / "four")
 
 
-def test_two_processes_match_one(shared, tmp_path):
-  reference = common.reference_run(shared)
-  workdir = tmp_path / "two"
+def _run_processes(workdir, cache_dir, log_dir, tag: str, *extra: str, **overrides):
+  """Runs main.py in 2 local processes (gloo) to completion; returns their logs."""
   port = _free_port()
-  trainers = [common.Trainer(workdir, shared / "xla", f"--coordinator_address=localhost:{port}",
-                             "--num_processes=2", f"--process_id={i}",
-                             log_path=tmp_path / f"process_{i}.log") for i in range(2)]
+  trainers = [common.Trainer(workdir, cache_dir, f"--coordinator_address=localhost:{port}",
+                             "--num_processes=2", f"--process_id={i}", *extra,
+                             log_path=log_dir / f"{tag}_process_{i}.log", **overrides)
+              for i in range(2)]
   try:
     for trainer in trainers:
-      assert trainer.wait(timeout=300) == 0, trainer.log()[-5000:]
+      assert trainer.wait(timeout=420) == 0, trainer.log()[-5000:]
   finally:
     for trainer in trainers:
       if trainer.proc.poll() is None:
         trainer.proc.kill()
-  assert "on 2 devices (2 processes)" in trainers[0].log()
+  return [t.log() for t in trainers]
+
+
+FID_CONFIG = "configs/digits.py:shrink,fid"  # + an in-loop FID evaluator (60 samples)
+
+
+def test_two_processes_end_to_end(shared, tmp_path, monkeypatch):
+  """2 processes: train 12 steps, stop; resume to 24 with --mode=all (in-loop FID every 8
+  steps, sampling, evaluation). Training matches the 1-device run; every evaluation and
+  sample file matches what one process computes from the same checkpoint."""
+  reference = common.reference_run(shared)
+  workdir = tmp_path / "two"
+  cache = shared / "xla"
+  every = {"evals__fid__every_steps": 8}
+  first = _run_processes(workdir, cache, tmp_path, "first", "--mode=train",
+                         config=FID_CONFIG, train__total_kimg=0.096, **every)
+  assert "on 2 devices (2 processes)" in first[0]
+  assert "Started from scratch" in first[0]
+  # Process 1 logs only warnings: the run's INFO log comes from process 0.
+  assert "Started from scratch" not in first[1]
+  second = _run_processes(workdir, cache, tmp_path, "second", "--mode=all",
+                          config=FID_CONFIG, **every)
+  assert "Resumed from the checkpoint at step 12" in second[0]
+
+  # Training: steps 1-12 of the first run and 13-24 of the resumed one = the 1-device run.
   _assert_close_runs(reference, workdir)
+
+  # In-loop evaluations: at 8 (mid-run), 12 (end of the first run), 16 and 24; one record
+  # each (process 0 writes), the same values on every process.
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  fid_rows = {r["step"]: r for r in records if "fid/fid@1" in r and not r.get("eval")}
+  assert sorted(fid_rows) == [8, 12, 16, 24]
+  assert sum(1 for r in records if "fid/fid@1" in r and not r.get("eval")) == 4
+  eval_rows = [r for r in records if r.get("eval")]
+  assert len(eval_rows) == 1 and eval_rows[0]["step"] == 24
+  # The CLI evaluation of the final checkpoint = the in-loop one at step 24 (same program).
+  for key in ("fid/fid@1", "fid/fid@1.3", "fid/class_accuracy@1.3"):
+    assert eval_rows[0][key] == pytest.approx(fid_rows[24][key], rel=1e-9), key
+
+  # One process, one device, the same checkpoint: the same FID (the 2-process run split the
+  # 60 samples 30/30 and the 1797 real digits 898/899, then merged statistics).
+  from gandance_jax import checkpoint, sample_cli
+  from gandance_jax.evaluation import evaluator as evaluator_lib
+  G, g_vars, config, step = checkpoint.load_generator(str(workdir))
+  assert step == common.NUM_STEPS
+  config = common.tiny_config()
+  from configs import digits
+  config.evals = digits.get_config("shrink,fid").evals
+  single = evaluator_lib.Evaluator(config, str(tmp_path / "single"))
+  spec = single.specs[0]
+  [ref_path] = [p for p in (workdir / "reference").glob("*.npz")]
+  ref_two = np.load(ref_path)
+  ref_one, _ = single.reference(spec)
+  # float32 features of other XLA options / batch compositions: ~1e-9 apart.
+  assert int(ref_two["num_samples"]) == ref_one.num_samples == 1797
+  np.testing.assert_allclose(ref_two["mu"], ref_one.mu, rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(ref_two["sigma"], ref_one.sigma, rtol=1e-5, atol=1e-8)
+  for scale in spec.guidance_scales:
+    got = single.metrics_at(spec, G, g_vars, scale)
+    assert got["fid"] == pytest.approx(eval_rows[0][f"fid/fid@{scale:g}"], rel=1e-4)
+    assert got["class_accuracy"] == pytest.approx(
+        eval_rows[0][f"fid/class_accuracy@{scale:g}"], abs=1.5 / spec.num_samples)
+
+  # Sampling: process 0 wrote each file once; the images equal one process's.
+  outdir = workdir / "samples" / f"step_{common.NUM_STEPS}"
+  names = sorted(p.name for p in outdir.iterdir())
+  assert not [n for n in names if ".tmp" in n], names
+  npz_two = [n for n in names if n.endswith(".npz")]
+  assert npz_two and any(n.startswith("grid_") for n in names)
+  one = sample_cli.run_with_generator(G, g_vars, config.sample, str(tmp_path / "one"))
+  for path in one["npz"]:
+    with np.load(path) as a, np.load(outdir / os.path.basename(path)) as b:
+      np.testing.assert_array_equal(a["arr_1"], b["arr_1"])
+      diff = np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int))
+      assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())

@@ -16,10 +16,10 @@ import logging
 import os
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
+from gandance_jax import multihost
 from gandance_jax.evaluation import evaluator as evaluator_lib
 from gandance_jax.evaluation import features as features_lib
 from gandance_jax.evaluation import fid as fid_lib
@@ -32,8 +32,10 @@ def default_specs(config: ml_collections.ConfigDict) -> list[evaluator_lib.EvalS
   if specs:
     return specs
   if config.data.name != "digits":
-    raise ValueError("config.evals is empty: configure an evaluator, e.g. "
-                     "--config.evals.fid10k=\"dict(type='fid', extractor='inception', ...)\"")
+    raise ValueError("config.evals is empty: configure an evaluator in the config file, e.g. "
+                     "config.evals.fid10k = dict(type='fid', extractor='inception', "
+                     "inception_weights=..., num_samples=10000) (see configs/cifar10.py); its "
+                     "fields can then be overridden with --config.evals.fid10k.<field>=...")
   s = config.sample
   mode = s.mode if config.generator.empty_class or s.mode != "learned" else "training_free"
   return [evaluator_lib.parse_spec("fid", dict(
@@ -68,7 +70,8 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str, path: str
   for spec in ev.specs:
     ext = ev.extractor(spec)
     ext.warn_if_few(len(images))
-    feats, logits = features_lib.extract(ext, images, batch_size=spec.batch_size)
+    # Each process featurises its share of the file; all receive every feature.
+    feats, logits = features_lib.extract_shared(ext, images, batch_size=spec.batch_size)
     if spec.type == "fid":
       ref, _ = ev.reference(spec)
       stats = fid_lib.FIDStatistics(*fid_lib.feature_statistics(feats),
@@ -103,7 +106,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                      metrics_path=os.path.join(workdir, "eval_metrics.jsonl"))
     del ckpt_config
     record = {"eval": True, "step": int(step), **metrics}
-  if jax.process_index() == 0:
+  if multihost.is_main():
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, evaluator_lib.METRICS_FILE), "a") as f:
       f.write(json.dumps(record) + "\n")

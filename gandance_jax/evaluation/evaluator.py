@@ -33,6 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from gandance_jax import multihost
 from gandance_jax.evaluation import features as features_lib
 from gandance_jax.evaluation import fid as fid_lib
 from gandance_jax.evaluation import precision_recall as pr_lib
@@ -104,6 +105,11 @@ def parse_evals(config: ml_collections.ConfigDict) -> list[EvalSpec]:
   return [parse_spec(name, cfg) for name, cfg in dict(config.get("evals", {})).items()]
 
 
+def _concat(parts: list[np.ndarray], dim: int) -> np.ndarray:
+  """Row blocks -> [n, dim] float32 (a process with no rows contributes [0, dim])."""
+  return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
 def _metric_key(spec: EvalSpec, metric: str, scale: float) -> str:
   return f"{spec.name}/{metric}@{scale:g}"
 
@@ -143,21 +149,26 @@ class Evaluator:
             inception.from_pytorch_fid_state_dict(state), convention=spec.convention)
     return self._extractors[key]
 
-  def _real_images(self, limit: int) -> Iterator[np.ndarray]:
-    """Streams up to `limit` training images (float [-1, 1] NHWC) from `config.data`."""
+  def _num_real(self, limit: int) -> int:
+    from gandance_jax.data import make_source  # pylint: disable=g-import-not-at-top
+    return min(int(make_source(self.config.data).num_examples or limit), limit)
+
+  def _real_images(self, start: int, stop: int) -> Iterator[np.ndarray]:
+    """Streams training images [start, stop) (float [-1, 1] NHWC) from `config.data`."""
     from gandance_jax.data import make_source  # pylint: disable=g-import-not-at-top
     source = make_source(self.config.data)
-    n = int(source.num_examples or limit)
-    n = min(n, limit)
     bs = 250
-    done = 0
+    seen = 0
     # A step-indexed source with xflip off visits a permutation per epoch: one epoch of
-    # global batches covers every image exactly once when bs divides n (else ~once).
+    # global batches covers every image exactly once when bs divides n (else ~once). Every
+    # process reads the same order and keeps its share (reading is cheap next to features).
     it = source.batches(bs, start_step=0, process_index=0, process_count=1)
-    while done < n:
-      images = next(it)["image"][:n - done]
-      done += len(images)
-      yield images
+    while seen < stop:
+      images = next(it)["image"]
+      lo, hi = max(start - seen, 0), min(stop - seen, len(images))
+      seen += len(images)
+      if hi > lo:
+        yield images[lo:hi]
 
   def reference(self, spec: EvalSpec) -> tuple[fid_lib.FIDStatistics, np.ndarray | None]:
     """(statistics, features-or-None) of the real data for `spec`'s extractor."""
@@ -170,64 +181,85 @@ class Evaluator:
       stats = fid_lib.load_statistics(spec.reference, convention=ext.convention)
       if spec.type == "precision_recall":
         images = fid_lib.load_npz_images(spec.reference)
-        feats, _ = features_lib.extract(ext, images, batch_size=spec.batch_size)
+        feats, _ = features_lib.extract_shared(ext, images, batch_size=spec.batch_size)
     else:
       cache = os.path.join(self.workdir, "reference",
                            f"{self.config.data.name.replace('/', '_')}_{ext.name}.npz")
       feats_cache = cache.replace(".npz", "_features.npy")
-      if os.path.exists(cache) and os.path.exists(feats_cache):
+      # Collective decision: a process that sees no cache (another filesystem, a file
+      # removed since) must not be the only one to enter the gathers below.
+      if multihost.all_true(os.path.exists(cache) and os.path.exists(feats_cache)):
         stats = fid_lib.load_statistics(cache)
         feats = np.load(feats_cache)
       else:
+        # Each process featurises its share of the real images; statistics are merged and
+        # features gathered across processes.
+        start, stop = multihost.process_share(self._num_real(spec.reference_samples))
         acc = fid_lib.StreamingStatistics(ext.dim)
-        all_feats = []
+        local_feats = []
         for f, _ in features_lib.iterate_features(
-            ext, self._real_images(spec.reference_samples), batch_size=spec.batch_size,
-            desc="reference features"):
+            ext, self._real_images(start, stop), batch_size=spec.batch_size,
+            total=stop - start, desc="reference features"):
           acc.update(f)
-          all_feats.append(f)
+          local_feats.append(f)
+        acc = acc.reduced_across_processes()
         mu, sigma = acc.finalize()
         stats = fid_lib.FIDStatistics(mu, sigma, convention=ext.convention,
                                       extractor=ext.name, num_samples=acc.count,
                                       quantize=ext.quantize)
-        feats = np.concatenate(all_feats)
-        if jax.process_index() == 0:
+        feats = multihost.gather_rows(_concat(local_feats, ext.dim))
+        if multihost.is_main():
           os.makedirs(os.path.dirname(cache), exist_ok=True)
           stats.save(cache)
-          np.save(feats_cache, feats)
+          tmp = f"{feats_cache}.tmp{os.getpid()}.npy"
+          np.save(tmp, feats)
+          os.replace(tmp, feats_cache)
     self._references[key] = (stats, feats)
     return stats, feats
 
   # -------------------------------------------------------------------------- evaluation
 
   def _generated(self, spec: EvalSpec, G: Any, g_vars: Any, scale: Any
-                 ) -> tuple[fid_lib.FIDStatistics, np.ndarray, np.ndarray, np.ndarray]:
-    """(statistics, features [N, D], logits [N, K], labels [N]) of N guided samples.
+                 ) -> tuple[fid_lib.FIDStatistics, np.ndarray | None, np.ndarray, np.ndarray]:
+    """(statistics, features [N, D] or None, logits [N, K], labels [N]) of N guided samples.
 
-    `scale` is a float or a [num_ws] layer-wise vector.
+    `scale` is a float or a [num_ws] layer-wise vector. Each process generates and
+    featurises its contiguous share of the N samples on its own devices (sample i always
+    uses global index i, so the images do not depend on the process count); the FID
+    statistics are then reduced across processes and the logits (and the features, for
+    precision/recall only) gathered, so every process returns the same values.
     """
     from gandance_jax import guidance  # pylint: disable=g-import-not-at-top
     mode = spec.mode if np.any(np.asarray(scale) != 1) else "none"
     sampler = guidance.make_sampler(
         G, mode=mode, scale=scale, num_opposite=spec.num_opposite if mode != "none" else 0,
-        truncation_psi=spec.truncation_psi, noise_mode=spec.noise_mode)
+        truncation_psi=spec.truncation_psi, noise_mode=spec.noise_mode,
+        devices=jax.local_devices())
     labels = (np.arange(spec.num_samples) % G.num_classes).astype(np.int32)
+    start, stop = multihost.process_share(spec.num_samples)
     key = jax.random.key(spec.seed)
     ext = self.extractor(spec)
-    chunks = (np.clip(images, -1.0, 1.0) for _, images in
-              sampler.stream(g_vars, key, labels, chunk_size=spec.batch_size))
+    chunks = iter(())
+    if stop > start:
+      chunks = (np.clip(images, -1.0, 1.0) for _, images in
+                sampler.stream(multihost.local_copy(g_vars), key, labels[start:stop],
+                               chunk_size=spec.batch_size, start_index=start))
     acc = fid_lib.StreamingStatistics(ext.dim)
     feats, logits = [], []
     desc = f"{spec.name} @ {np.asarray(scale).round(3).tolist()}"
     for f, l in features_lib.iterate_features(ext, chunks, batch_size=spec.batch_size,
-                                              total=spec.num_samples, desc=desc):
+                                              total=stop - start, desc=desc):
       acc.update(f)
       feats.append(f)
       logits.append(l)
+    acc = acc.reduced_across_processes()
     mu, sigma = acc.finalize()
     stats = fid_lib.FIDStatistics(mu, sigma, convention=ext.convention, extractor=ext.name,
                                   num_samples=acc.count, quantize=ext.quantize)
-    return stats, np.concatenate(feats), np.concatenate(logits), labels
+    all_feats = (multihost.gather_rows(_concat(feats, ext.dim))
+                 if spec.type == "precision_recall" else None)
+    all_logits = multihost.gather_rows(_concat(logits, ext.num_classes))
+    return stats, all_feats, all_logits, labels
 
   def metrics_at(self, spec: EvalSpec, G: Any, g_vars: Any, scale: Any) -> dict[str, float]:
     """{metric: value} of `spec` at one guidance scale (float or [num_ws] vector)."""
@@ -267,7 +299,7 @@ class Evaluator:
       values = self.evaluate(spec, G, g_vars)
       logging.info("step %d %s: %s", step, spec.name, values)
       metrics.update(values)
-    if metrics and jax.process_index() == 0:
+    if metrics and multihost.is_main():
       if writer is not None:
         writer.write_scalars(step, metrics)
       path = metrics_path or os.path.join(self.workdir, METRICS_FILE)

@@ -357,3 +357,23 @@ def extract(extractor: FeatureExtractor,
     return (np.zeros((0, extractor.dim), np.float32),
             np.zeros((0, extractor.num_classes), np.float32))
   return np.concatenate(feats), np.concatenate(logits)
+
+
+def extract_shared(extractor: FeatureExtractor,
+                   images: ArrayLike,
+                   *,
+                   batch_size: int = 64,
+                   progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """`extract` split over processes: each featurises its share, all receive everything.
+
+  Args:
+    images: [N, H, W, C], the same array on every process.
+  Returns:
+    (features [N, D], logits [N, K]) float32 numpy, on every process; with one process
+    exactly `extract(extractor, images)`. A collective: every process must call it.
+  """
+  from gandance_jax import multihost  # pylint: disable=g-import-not-at-top
+  start, stop = multihost.process_share(int(images.shape[0]))
+  feats, logits = extract(extractor, images[start:stop], batch_size=batch_size,
+                          progress=progress)
+  return multihost.gather_rows(feats), multihost.gather_rows(logits)

@@ -79,12 +79,38 @@ class StreamingStatistics:
     xc = x - mean_b
     scatter_b = xc.T @ xc
     # Chan, Golub & LeVeque's pairwise merge of (count, mean, centred scatter).
+    self._merge(n, mean_b, scatter_b)
+
+  def _merge(self, n: int, mean_b: np.ndarray, scatter_b: np.ndarray) -> None:
+    if n == 0:
+      return
     n_a = self.count
     total = n_a + n
     delta = mean_b - self._mean
     self._mean = self._mean + delta * (n / total)
     self._scatter += scatter_b + np.outer(delta, delta) * (n_a * n / total)
     self.count = total
+
+  def merge(self, other: "StreamingStatistics") -> None:
+    """Adds the features `other` has seen (as if its batches had been passed here)."""
+    if other.dim != self.dim:
+      raise ValueError(f"cannot merge statistics of dim {other.dim} into dim {self.dim}")
+    self._merge(other.count, other._mean, other._scatter)  # pylint: disable=protected-access
+
+  def reduced_across_processes(self) -> "StreamingStatistics":
+    """The statistics of every process's features, on every process (a collective).
+
+    Each process's (count, mean, scatter) travels bit-exactly (float64 as raw words) and
+    the parts are merged in process order, so all processes finalize the same numbers.
+    """
+    from gandance_jax import multihost  # pylint: disable=g-import-not-at-top
+    packed = np.concatenate([[float(self.count)], self._mean, self._scatter.ravel()])
+    parts = multihost.allgather(packed)  # [P, 1 + D + D * D] float64
+    out = StreamingStatistics(self.dim)
+    d = self.dim
+    for part in parts:
+      out._merge(int(part[0]), part[1:1 + d], part[1 + d:].reshape(d, d))  # pylint: disable=protected-access
+    return out
 
   def finalize(self) -> tuple[np.ndarray, np.ndarray]:
     """(mu [dim], sigma [dim, dim]) in float64; sigma uses N - 1 (like np.cov)."""
