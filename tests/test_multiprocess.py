@@ -1,10 +1,13 @@
 """The same tiny run on 1 device, on 4 forced CPU devices and in 2 processes (gloo
-collectives) gives the same losses and parameters up to float reassociation."""
+collectives) gives the same losses and parameters up to float reassociation; the 2-process
+run goes end to end: preempted, resumed, evaluated in the loop and from the command line,
+sampled, with the numbers of one process."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 
 import jax
@@ -48,16 +51,21 @@ def test_four_devices_match_one(shared, tmp_path):
   _assert_close_runs(reference, tmp_path / "four")
 
 
-def _run_processes(workdir, cache_dir, log_dir, tag: str, *extra: str, **overrides):
-  """Runs main.py in 2 local processes (gloo) to completion; returns their logs."""
+def _start_processes(workdir, cache_dir, log_dir, tag: str, *extra: str, **overrides
+                     ) -> list[common.Trainer]:
+  """Starts main.py in 2 local processes (gloo)."""
   port = _free_port()
-  trainers = [common.Trainer(workdir, cache_dir, f"--coordinator_address=localhost:{port}",
-                             "--num_processes=2", f"--process_id={i}", *extra,
-                             log_path=log_dir / f"{tag}_process_{i}.log", **overrides)
-              for i in range(2)]
+  return [common.Trainer(workdir, cache_dir, f"--coordinator_address=localhost:{port}",
+                         "--num_processes=2", f"--process_id={i}", *extra,
+                         log_path=log_dir / f"{tag}_process_{i}.log", **overrides)
+          for i in range(2)]
+
+
+def _wait(trainers: list[common.Trainer], expected: int = 0) -> list[str]:
+  """Waits for every process; asserts their exit codes; returns their logs."""
   try:
     for trainer in trainers:
-      assert trainer.wait(timeout=420) == 0, trainer.log()[-5000:]
+      assert trainer.wait(timeout=420) == expected, trainer.log()[-5000:]
   finally:
     for trainer in trainers:
       if trainer.proc.poll() is None:
@@ -68,33 +76,49 @@ def _run_processes(workdir, cache_dir, log_dir, tag: str, *extra: str, **overrid
 FID_CONFIG = "configs/digits.py:shrink,fid"  # + an in-loop FID evaluator (60 samples)
 
 
-def test_two_processes_end_to_end(shared, tmp_path, monkeypatch):
-  """2 processes: train 12 steps, stop; resume to 24 with --mode=all (in-loop FID every 8
-  steps, sampling, evaluation). Training matches the 1-device run; every evaluation and
-  sample file matches what one process computes from the same checkpoint."""
+def test_two_processes_end_to_end(shared, tmp_path):
+  """2 processes: train until preempted (SIGTERM to both after the first checkpoint), resume
+  to the end with --mode=all (in-loop FID every 8 steps, final class accuracy, sampling,
+  evaluation). Training matches the 1-device run; every evaluation and sample file matches
+  what one process computes from the same checkpoint."""
   reference = common.reference_run(shared)
   workdir = tmp_path / "two"
   cache = shared / "xla"
   every = {"evals__fid__every_steps": 8}
-  first = _run_processes(workdir, cache, tmp_path, "first", "--mode=train",
-                         config=FID_CONFIG, train__total_kimg=0.096, **every)
+  trainers = _start_processes(workdir, cache, tmp_path, "first", "--mode=train",
+                              config=FID_CONFIG, **every)
+  first_ckpt = common.wait_for_checkpoint(workdir, trainers[0])
+  for trainer in trainers:
+    trainer.proc.send_signal(signal.SIGTERM)
+  first = _wait(trainers, expected=143)
   assert "on 2 devices (2 processes)" in first[0]
   assert "Started from scratch" in first[0]
   # Process 1 logs only warnings: the run's INFO log comes from process 0.
   assert "Started from scratch" not in first[1]
-  second = _run_processes(workdir, cache, tmp_path, "second", "--mode=all",
-                          config=FID_CONFIG, **every)
-  assert "Resumed from the checkpoint at step 12" in second[0]
+  # JAX's preemption sync point: both processes stop and save at the same step.
+  saved = {int(log.split("Preempted: checkpoint saved at step ")[1].split(";")[0])
+           for log in first}
+  assert len(saved) == 1
+  [saved] = saved
+  assert first_ckpt <= saved < common.NUM_STEPS
+  assert str(saved) in os.listdir(workdir / "checkpoints")
 
-  # Training: steps 1-12 of the first run and 13-24 of the resumed one = the 1-device run.
+  second = _wait(_start_processes(workdir, cache, tmp_path, "second", "--mode=all",
+                                  config=FID_CONFIG, class_accuracy__num_per_class=2,
+                                  **every))
+  assert f"Resumed from the checkpoint at step {saved}" in second[0]
+
+  # Training: the preempted run and its resumption = the 1-device run.
   _assert_close_runs(reference, workdir)
 
-  # In-loop evaluations: at 8 (mid-run), 12 (end of the first run), 16 and 24; one record
-  # each (process 0 writes), the same values on every process.
+  # In-loop evaluations at 8, 16 and 24 (by whichever run reached the step), one record each
+  # (process 0 writes); the final class accuracy once.
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   fid_rows = {r["step"]: r for r in records if "fid/fid@1" in r and not r.get("eval")}
-  assert sorted(fid_rows) == [8, 12, 16, 24]
-  assert sum(1 for r in records if "fid/fid@1" in r and not r.get("eval")) == 4
+  assert sorted(fid_rows) == [8, 16, 24]
+  assert sum(1 for r in records if "fid/fid@1" in r and not r.get("eval")) == 3
+  finals = [r for r in records if r.get("final")]
+  assert len(finals) == 1 and 0 <= finals[0]["class_accuracy"] <= 1
   eval_rows = [r for r in records if r.get("eval")]
   assert len(eval_rows) == 1 and eval_rows[0]["step"] == 24
   # The CLI evaluation of the final checkpoint = the in-loop one at step 24 (same program).

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from gandance_jax import checkpoint as checkpoint_lib
@@ -173,6 +172,16 @@ def _build(config: ml_collections.ConfigDict, mesh: Any) -> tuple[Any, ...]:
   return _BUILD_CACHE[key]
 
 
+def abstract_train_state(init_fn: Any, sharding: Any) -> state_lib.TrainState:
+  """The state's leaves as ShapeDtypeStruct placed with `sharding` (no computation).
+
+  What checkpoint restore and the ahead-of-time compile (gandance_jax/aot.py) take in
+  place of the real state.
+  """
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      jax.eval_shape(init_fn))
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
   """Trains (or resumes) the run in `workdir`; returns the final state.
 
@@ -181,6 +190,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       is kept).
     Preempted: SIGTERM was received (after saving a checkpoint).
   """
+  # clu's writers import TensorFlow (seconds): only here, so that tools that just build the
+  # step (gandance_jax/aot.py) start fast.
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+
   # --- 1. Config, mesh, input. ------------------------------------------------------
   config_lib.validate_config(config)
   t = config.train
@@ -201,9 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
 
   # --- 2. Models, optimizers, jitted phases, state (built replicated). ------------------
   G, D, init_fn, train_step, params_finite = _build(config, mesh)
-  abstract_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(init_fn))
+  abstract_state = abstract_train_state(init_fn, replicated)
 
   # --- 3. Checkpoint: resume or start. -----------------------------------------------
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
