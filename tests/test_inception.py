@@ -227,6 +227,25 @@ def test_half_pixel_resize_matches_torch_formula(in_hw, out_hw):
                              rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("in_hw,out_hw", [((64, 64), (299, 299)), ((32, 20), (299, 7)),
+                                          ((299, 299), (64, 64))])
+def test_both_resizes_match_tensorflow_kernels(in_hw, out_hw):
+  """Against TensorFlow's own kernels (tensorflow-cpu ships with clu): TF1's legacy
+  ResizeBilinear, which the ADM / TTUR graphs run, and TF2's half-pixel bilinear without
+  antialiasing, the grid of torch's F.interpolate(align_corners=False)."""
+  tf = pytest.importorskip("tensorflow")
+  img = np.random.default_rng(2).uniform(0, 255, (2,) + in_hw + (3,)).astype(np.float32)
+  want_tf1 = tf.compat.v1.image.resize_bilinear(img, out_hw, align_corners=False,
+                                                half_pixel_centers=False).numpy()
+  got_tf1 = features.resize_bilinear(jnp.asarray(img), out_hw, method="tf1")
+  np.testing.assert_allclose(got_tf1, want_tf1, rtol=0, atol=2e-3)
+  want_hp = tf.image.resize(img, out_hw, method="bilinear", antialias=False).numpy()
+  got_hp = features.resize_bilinear(jnp.asarray(img), out_hw, method="half_pixel")
+  np.testing.assert_allclose(got_hp, want_hp, rtol=0, atol=2e-3)
+  # The two grids really differ here (the test would notice a swapped method).
+  assert np.abs(want_tf1 - want_hp).max() > 1.0
+
+
 def test_the_two_grids_differ_by_a_constant_shift():
   lo_h, _, f_h = features._half_pixel_taps(64, 299)
   lo_t, _, f_t = features._tf1_taps(64, 299)
