@@ -138,6 +138,25 @@ def _join_state(train: dict[str, Any], g_ema: dict[str, Any]) -> TrainState:
 # ----------------------------------------------------------------------------- manager
 
 
+def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState
+             ) -> TrainState:
+  """Restores `step` into the shardings of `abstract_state`, fingerprints checked."""
+  abstract_train, abstract_g_ema = _split_state(abstract_state)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        train=ocp.args.StandardRestore(abstract_train),
+        g_ema=ocp.args.StandardRestore(abstract_g_ema), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpointError(f"step {step}: {type(e).__name__}: {e}") from e
+  meta = restored.meta
+  for name, item in (("train", restored.train), ("g_ema", restored.g_ema)):
+    got, want = _fetch_int(_fingerprint_jit(item)), meta.get(f"fingerprint_{name}")
+    if got != want:
+      raise CorruptCheckpointError(
+          f"step {step}: fingerprint of item '{name}' is {got}, expected {want}")
+  return _join_state(restored.train, restored.g_ema)
+
+
 class Checkpointer:
   """Async, keep-N, atomically committed checkpoints of a `TrainState` under a workdir."""
 
@@ -191,20 +210,7 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: TrainState) -> TrainState:
     """Restores `step` into the shardings of `abstract_state`; raises CorruptCheckpointError."""
-    abstract_train, abstract_g_ema = _split_state(abstract_state)
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          train=ocp.args.StandardRestore(abstract_train),
-          g_ema=ocp.args.StandardRestore(abstract_g_ema), meta=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f"step {step}: {type(e).__name__}: {e}") from e
-    meta = restored.meta
-    for name, item in (("train", restored.train), ("g_ema", restored.g_ema)):
-      got, want = _fetch_int(_fingerprint_jit(item)), meta.get(f"fingerprint_{name}")
-      if got != want:
-        raise CorruptCheckpointError(
-            f"step {step}: fingerprint of item '{name}' is {got}, expected {want}")
-    return _join_state(restored.train, restored.g_ema)
+    return _restore(self.manager, step, abstract_state)
 
   def restore_latest(self, abstract_state: TrainState) -> tuple[TrainState, int] | None:
     """(state, step) of the newest readable checkpoint, or None if there is none.
@@ -217,6 +223,51 @@ class Checkpointer:
       except CorruptCheckpointError as e:
         self._quarantine(step, e)
     return None
+
+
+# ----------------------------------------------------------------------------- other runs
+
+
+def load_train_state(workdir: str, step: int | None = None) -> tuple[TrainState, int]:
+  """The whole TrainState (numpy leaves) of another run, read-only, with that run's config.
+
+  For warm starts (gandance_jax/warm_start.py). Unlike `Checkpointer.restore_latest`, an
+  unreadable checkpoint is skipped without being moved: the other run's files are never
+  touched.
+
+  Raises:
+    FileNotFoundError if `workdir` has no readable checkpoint (or none at `step`).
+  """
+  from gandance_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoints in {directory}")
+  config = load_config(workdir)
+  G, D = state_lib.build_models(config)
+  g_tx, d_tx = state_lib.make_optimizers(config)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      jax.eval_shape(lambda: state_lib.init_train_state(config, G, D, g_tx, d_tx)))
+  manager = ocp.CheckpointManager(directory, item_names=("train", "g_ema", "meta"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+      if step not in steps:
+        raise FileNotFoundError(f"no checkpoint at step {step} in {directory} (have {steps})")
+      steps = [step]
+    errors = []
+    for s in steps:
+      try:
+        return jax.tree.map(np.asarray, _restore(manager, s, abstract)), s
+      except CorruptCheckpointError as e:
+        logging.error("checkpoint %d in %s is unreadable (%s); trying the previous one", s,
+                      directory, e)
+        errors.append(str(e)[:200])
+  finally:
+    manager.close()
+  raise FileNotFoundError(f"no readable checkpoint in {directory}: {errors}")
 
 
 # ----------------------------------------------------------------------------- generator

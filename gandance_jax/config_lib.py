@@ -53,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
       ada_interval=4,            # 'ada': adjust p every N steps.
       loss="ns",                 # 'ns' (non-saturating logistic) or 'san' (SAN, seeds/004).
       san_base="hinge",          # SAN's function-part loss: 'hinge' or 'logistic'.
+      # Fine-tune a pre-trained conditional GAN (gandance_jax/warm_start.py): a workdir of a
+      # run or an .npz of NVIDIA state dicts; '' = train from scratch. Used only when the
+      # workdir has no checkpoint yet.
+      init_from="",
+      init_empty="mean",         # The added empty-class row: 'mean' of the classes or 'init'.
   ))
 
   # Mesh: a 1-D data-parallel mesh; -1 = all devices.
@@ -206,6 +211,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _choice(t, "augment", AUGMENTS, "train")
   _choice(t, "loss", ("ns", "san"), "train")
   _choice(t, "san_base", ("hinge", "logistic"), "train")
+  _choice(t, "init_empty", ("mean", "init"), "train")
+  if not isinstance(t.init_from, str):
+    _fail("train.init_from", t.init_from, "must be a path string ('' = from scratch)")
   ops = [op.strip() for op in str(t.augment_policy).split(",") if op.strip()]
   if t.augment != "none" and (not ops or any(op not in AUGMENT_OPS for op in ops)):
     _fail("train.augment_policy", t.augment_policy,

@@ -775,6 +775,20 @@ def _import(module_name: str, state: Mapping[str, np.ndarray], template: Mapping
   return {col: _unflatten(flat) for col, flat in out.items()}
 
 
+_TORCH_RENAMES = {"mapping_network": "mapping", "synthesis_network": "synthesis"}
+
+
+def variables_from_torch_state_dict(module: "Generator | Discriminator",
+                                    state: Mapping[str, Any]) -> dict[str, Any]:
+  """{'params', 'buffers'} of `module` (built with this project's settings) filled from an
+  NVIDIA state dict with bare keys; every key and shape is checked (errors name them)."""
+  if isinstance(module, Generator):
+    template = jax.eval_shape(lambda: init_generator(module, jax.random.key(0)))
+    return _import("Generator", state, template, _TORCH_RENAMES)
+  template = jax.eval_shape(lambda: init_discriminator(module, jax.random.key(0)))
+  return _import("Discriminator", state, template, {})
+
+
 def generator_from_torch_state_dict(state: Mapping[str, Any], **settings: Any
                                     ) -> tuple[Generator, dict[str, Any]]:
   """Builds a Generator and its variables from an NVIDIA stylegan2-ada-pytorch state dict.
@@ -793,11 +807,7 @@ def generator_from_torch_state_dict(state: Mapping[str, Any], **settings: Any
   num_classes, empty = _classes_from_settings(settings)
   kwargs = {ours: settings[theirs] for theirs, ours in _G_SETTINGS.items() if theirs in settings}
   G = Generator(num_classes=num_classes, empty_class=empty, **kwargs)
-  template = jax.eval_shape(lambda: init_generator(G, jax.random.key(0)))
-  state = _strip_prefix(state, "G.")
-  variables = _import("Generator", state, template,
-                      {"mapping_network": "mapping", "synthesis_network": "synthesis"})
-  return G, variables
+  return G, variables_from_torch_state_dict(G, _strip_prefix(state, "G."))
 
 
 def discriminator_from_torch_state_dict(state: Mapping[str, Any], **settings: Any
@@ -811,10 +821,7 @@ def discriminator_from_torch_state_dict(state: Mapping[str, Any], **settings: An
   num_classes, empty = _classes_from_settings(settings)
   kwargs = {ours: settings[theirs] for theirs, ours in _D_SETTINGS.items() if theirs in settings}
   D = Discriminator(num_classes=num_classes, empty_class=empty, **kwargs)
-  template = jax.eval_shape(lambda: init_discriminator(D, jax.random.key(0)))
-  state = _strip_prefix(state, "D.")
-  variables = _import("Discriminator", state, template, {})
-  return D, variables
+  return D, variables_from_torch_state_dict(D, _strip_prefix(state, "D."))
 
 
 def settings_from_json(path: str) -> dict[str, Any]:
@@ -827,5 +834,6 @@ def settings_from_json(path: str) -> dict[str, Any]:
 __all__ = [
     "Generator", "Discriminator", "MappingNetwork", "SynthesisNetwork",
     "generator_from_torch_state_dict", "discriminator_from_torch_state_dict",
+    "variables_from_torch_state_dict",
     "init_generator", "init_discriminator", "validate_labels", "settings_from_json",
 ]

@@ -182,6 +182,17 @@ def abstract_train_state(init_fn: Any, sharding: Any) -> state_lib.TrainState:
                       jax.eval_shape(init_fn))
 
 
+def _place(tree: Any, sharding: Any) -> Any:
+  """Host (numpy) leaves -> global arrays with `sharding` (every process holds the same
+  values); jax.Arrays are kept as they are."""
+  def one(x):
+    if isinstance(x, jax.Array):
+      return x
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(one, tree)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
   """Trains (or resumes) the run in `workdir`; returns the final state.
 
@@ -224,7 +235,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     logging.info("Resumed from the checkpoint at step %d.", step)
   else:
     state, step = init_fn(), 0
-    logging.info("Started from scratch (seed %d).", config.seed)
+    if t.init_from:
+      from gandance_jax import warm_start  # pylint: disable=g-import-not-at-top
+      state = _place(warm_start.apply(state, config), replicated)
+      logging.info("Started from the pre-trained networks of %s (empty-class row: %s).",
+                   t.init_from, t.init_empty)
+    else:
+      logging.info("Started from scratch (seed %d).", config.seed)
   num_params = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   logging.info("G: %d params, D: %d params, num_ws %d", num_params(state.g_params),
                num_params(state.d_params), G.num_ws)
