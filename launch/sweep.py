@@ -86,14 +86,34 @@ def run_workdir(sweep: Any, outdir: str, run: str) -> str:
   return spec.get("workdir") or os.path.join(outdir, "runs", run)
 
 
+def runs_to_train(sweep: Any, used: list[str]) -> list[str]:
+  """The runs the cells use plus the runs they start from ('{outdir}/runs/<run>' in a
+  value), in the order of sweep.runs (a run's starting point is listed before it)."""
+  needed = set(used)
+  changed = True
+  while changed:
+    changed = False
+    for run in list(needed):
+      for v in dict(sweep.runs[run]).values():
+        for other in sweep.runs:
+          if isinstance(v, str) and f"{{outdir}}/runs/{other}" in v and other not in needed:
+            needed.add(other)
+            changed = True
+  return [run for run in sweep.runs if run in needed]
+
+
 def train_run(sweep: Any, outdir: str, run: str) -> None:
   """Trains (or resumes, or finds finished) one run in a subprocess."""
   spec = dict(sweep.runs[run])
   if spec.get("workdir"):
     return
   workdir = run_workdir(sweep, outdir, run)
-  flags = [f"--config.{k}={v!r}" if isinstance(v, str) else f"--config.{k}={v}"
-           for k, v in {**dict(sweep.overrides), **spec}.items()]
+  # String values may name other runs' workdirs: '{outdir}' is this sweep's --outdir (e.g.
+  # train.init_from='{outdir}/runs/pre' fine-tunes the run 'pre', listed before it).
+  values = {k: v.replace("{outdir}", outdir) if isinstance(v, str) else v
+            for k, v in {**dict(sweep.overrides), **spec}.items()}
+  # No shell in between: a string goes as it is (quotes would become part of the value).
+  flags = [f"--config.{k}={v}" for k, v in values.items()]
   cmd = [sys.executable, "-m", "gandance_jax.main", f"--config={sweep.base_config}",
          f"--workdir={workdir}", "--mode=train", *flags]
   done = os.path.join(workdir, "TRAINING_DONE")
@@ -284,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
       raise SystemExit(f"--only names unknown grids {sorted(unknown)}; have {list(sweep.grids)}")
     cells = [c for c in cells if c["grid"] in keep]
   if not args.report_only:
-    for run in dict.fromkeys(c["run"] for c in cells):
+    for run in runs_to_train(sweep, [c["run"] for c in cells]):
       if not args.skip_training:
         train_run(sweep, args.outdir, run)
     evaluate_cells(sweep, args.outdir, cells)

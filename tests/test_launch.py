@@ -74,3 +74,21 @@ def test_sweep_end_to_end_resumes(tmp_path):
   assert second.returncode == 0, second.stderr[-3000:]
   assert "3 done, 0 to run" in second.stdout
   assert len((out / "results.jsonl").read_text().splitlines()) == 3
+
+
+def test_sweep_fine_tune_run_starts_from_its_pre_run(tmp_path, monkeypatch):
+  """'{outdir}' in a run's values names another run's workdir; that run trains first, and
+  string values reach main.py without quotes."""
+  sweep = sweep_lib.load_py_config(str(REPO_ROOT / "configs/sweeps/digits_finetune.py"))
+  assert sweep_lib.runs_to_train(sweep, ["ft", "ft"]) == ["pre", "ft"]
+  assert sweep_lib.runs_to_train(sweep, ["pre"]) == ["pre"]
+  calls = []
+  monkeypatch.setattr(sweep_lib.subprocess, "run", lambda cmd, **kwargs: calls.append(cmd))
+  for run in sweep_lib.runs_to_train(sweep, ["ft"]):
+    sweep_lib.train_run(sweep, str(tmp_path), run)
+  pre, ft = calls
+  assert "--config.sample.mode=training_free" in pre
+  assert "--config.generator.empty_class=False" in pre
+  assert f"--workdir={tmp_path}/runs/pre" in pre
+  assert f"--config.train.init_from={tmp_path}/runs/pre" in ft
+  assert (tmp_path / "runs" / "ft" / "TRAINING_DONE").exists()
