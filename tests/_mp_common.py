@@ -127,28 +127,12 @@ def loss_rows(workdir) -> dict[int, dict[str, float]]:
 
 
 def restore_arrays(workdir, step: int | None = None) -> dict[str, Any]:
-  """The state of a checkpoint as numpy arrays, restored onto this process's first device
-  through the trainer's own restore (fingerprints checked), whatever topology saved it."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  """The state of a checkpoint as numpy arrays, through the trainer's own read-only restore
+  (fingerprints checked), whatever topology saved it."""
   from gandance_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from gandance_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  config = checkpoint.load_config(str(workdir))
-  G, D = state_lib.build_models(config)
-  g_tx, d_tx = state_lib.make_optimizers(config)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      jax.eval_shape(lambda: state_lib.init_train_state(config, G, D, g_tx, d_tx)))
-  ckpt = checkpoint.Checkpointer(str(workdir))
-  try:
-    step = ckpt.latest_step() if step is None else step
-    state = ckpt.restore(step, abstract)
-  finally:
-    ckpt.close()
+  state, step = checkpoint.load_train_state(str(workdir), step)
   train, g_ema = checkpoint._split_state(state)  # pylint: disable=protected-access
-  return {"step": step, "train": jax.tree.map(np.asarray, train),
-          "g_ema": jax.tree.map(np.asarray, g_ema)}
+  return {"step": step, "train": train, "g_ema": g_ema}
 
 
 NUM_STEPS = 24
