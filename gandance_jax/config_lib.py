@@ -26,11 +26,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.generator = ml_collections.ConfigDict(dict(
       z_dim=512, w_dim=512, num_classes=10, empty_class=True, resolution=16,
       img_channels=1, mapping_layers=8, channel_base=32768, channel_max=512,
-      architecture="skip", conv_clamp=256.0, w_avg_beta=0.995))
+      architecture="skip", conv_clamp=256.0, w_avg_beta=0.995,
+      num_bf16_res=0))           # Highest resolutions in bfloat16 (mixed precision; 0 = off).
   config.discriminator = ml_collections.ConfigDict(dict(
       num_classes=10, empty_class=True, resolution=16, img_channels=1,
       architecture="resnet", channel_base=32768, channel_max=512, conv_clamp=256.0,
-      mapping_layers=8, mbstd_group_size=4, mbstd_num_channels=1))
+      mapping_layers=8, mbstd_group_size=4, mbstd_num_channels=1,
+      num_bf16_res=0))           # Highest resolutions in bfloat16 (mixed precision; 0 = off).
 
   # Training (NVIDIA's loss/regularisation schedule; GANdance label reset).
   config.train = ml_collections.ConfigDict(dict(

@@ -51,6 +51,11 @@ def _check_resolution(resolution: int, field: str = "resolution") -> None:
     raise ValueError(f"{field} must be a power of two >= 4, got {resolution!r}")
 
 
+def _check_bf16_res(n: Any) -> None:
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    raise ValueError(f"num_bf16_res must be an integer >= 0, got {n!r}")
+
+
 def _check_choice(value: Any, allowed: Sequence[Any], field: str) -> None:
   if value not in allowed:
     raise ValueError(f"{field} must be one of {list(allowed)}, got {value!r}")
@@ -237,6 +242,7 @@ class SynthesisBlock(nn.Module):
   resample_filter: Sequence[float] = (1, 3, 3, 1)  # Low-pass filter taps.
   conv_clamp: float | None = None     # Clamp conv outputs to +-X, None = off.
   use_noise: bool = True              # Per-pixel noise inputs?
+  dtype: Any = jnp.float32            # Activation dtype of this block (bfloat16: mixed precision).
 
   @property
   def num_conv(self) -> int:
@@ -261,7 +267,7 @@ class SynthesisBlock(nn.Module):
     if self.in_channels == 0:
       const = self.param("const", layers._normal_init(1.0),  # pylint: disable=protected-access
                          (self.resolution, self.resolution, self.out_channels))
-      x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
+      x = jnp.broadcast_to(const[None].astype(self.dtype), (ws.shape[0],) + const.shape)
       x = SynthesisLayer(self.out_channels, name="conv1", **layer_kwargs)(
           x, ws[:, 0], noise_mode=noise_mode)
       w_idx = 1
@@ -270,6 +276,7 @@ class SynthesisBlock(nn.Module):
                                       self.in_channels):
         raise ValueError(f"block {self.resolution} expects x of shape [B, "
                          f"{self.resolution // 2}, {self.resolution // 2}, {self.in_channels}]")
+      x = x.astype(self.dtype)
       conv0 = SynthesisLayer(self.out_channels, up=2, name="conv0", **layer_kwargs)
       conv1 = SynthesisLayer(self.out_channels, name="conv1", **layer_kwargs)
       if self.architecture == "resnet":
@@ -288,8 +295,22 @@ class SynthesisBlock(nn.Module):
     if self.is_last or self.architecture == "skip":
       y = ToRGBLayer(self.img_channels, w_dim=self.w_dim, conv_clamp=self.conv_clamp,
                      name="torgb")(x, ws[:, w_idx])
+      y = y.astype(jnp.float32)  # The image skip path accumulates in float32.
       img = img + y if img is not None else y
     return x, img
+
+
+def compute_dtype(res: int, img_resolution: int, num_bf16_res: int) -> Any:
+  """bfloat16 for the `num_bf16_res` highest resolutions (never below 8), else float32.
+
+  NVIDIA's rule for num_fp16_res: `res >= max(2 ** (log2(R) + 1 - n), 8)`. bfloat16 has
+  float32's exponent range, so no loss scaling is needed; parameters, styles, demodulation
+  coefficients, the image skip path and the D epilogue stay float32.
+  """
+  if num_bf16_res <= 0:
+    return jnp.float32
+  first = max(2 ** (int(np.log2(img_resolution)) + 1 - int(num_bf16_res)), 8)
+  return jnp.bfloat16 if res >= first else jnp.float32
 
 
 def _channels(res: int, channel_base: int, channel_max: int) -> int:
@@ -307,6 +328,7 @@ class SynthesisNetwork(nn.Module):
   conv_clamp: float | None = None     # Clamp conv outputs to +-X, None = off.
   use_noise: bool = True              # Per-pixel noise inputs?
   resample_filter: Sequence[float] = (1, 3, 3, 1)  # Low-pass filter taps.
+  num_bf16_res: int = 0               # Highest resolutions computed in bfloat16 (0 = none).
 
   @property
   def block_resolutions(self) -> list[int]:
@@ -357,7 +379,9 @@ class SynthesisNetwork(nn.Module):
       block = SynthesisBlock(w_dim=self.w_dim, img_channels=self.img_channels,
                              architecture=self.architecture,
                              resample_filter=self.resample_filter, conv_clamp=self.conv_clamp,
-                             use_noise=self.use_noise, name=f"b{spec['resolution']}", **spec)
+                             use_noise=self.use_noise, name=f"b{spec['resolution']}",
+                             dtype=compute_dtype(spec["resolution"], self.img_resolution,
+                                                 self.num_bf16_res), **spec)
       n = block.num_conv + block.num_torgb
       x, img = block(x, img, ws[:, w_idx:w_idx + n], noise_mode=noise_mode)
       w_idx += block.num_conv
@@ -385,10 +409,12 @@ class Generator(nn.Module):
   conv_clamp: float | None = 256      # Clamp conv outputs to +-X, None = off.
   use_noise: bool = True              # Per-pixel noise inputs?
   resample_filter: Sequence[float] = (1, 3, 3, 1)  # Low-pass filter taps.
+  num_bf16_res: int = 0               # Highest resolutions computed in bfloat16 (0 = none).
 
   def __post_init__(self):
     _check_resolution(self.resolution, "resolution")
     _check_choice(self.architecture, G_ARCHITECTURES, "architecture")
+    _check_bf16_res(self.num_bf16_res)
     if self.num_classes < 0:
       raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
     if self.empty_class and self.num_classes == 0:
@@ -412,7 +438,7 @@ class Generator(nn.Module):
                   img_channels=self.img_channels, channel_base=self.channel_base,
                   channel_max=self.channel_max, architecture=self.architecture,
                   conv_clamp=self.conv_clamp, use_noise=self.use_noise,
-                  resample_filter=self.resample_filter)
+                  resample_filter=self.resample_filter, num_bf16_res=self.num_bf16_res)
     if name is None:
       return SynthesisNetwork(**kwargs, parent=None)
     return SynthesisNetwork(**kwargs)
@@ -475,14 +501,18 @@ class DiscriminatorBlock(nn.Module):
   activation: str = "lrelu"           # Activation function.
   resample_filter: Sequence[float] = (1, 3, 3, 1)  # Low-pass filter taps.
   conv_clamp: float | None = None     # Clamp conv outputs to +-X, None = off.
+  dtype: Any = jnp.float32            # Activation dtype of this block (bfloat16: mixed precision).
 
   @nn.compact
   def __call__(self, x: Array | None, img: Array | None) -> tuple[Array, Array | None]:
     f = layers.resample_filter_buffer(self, self.resample_filter)
+    if x is not None:
+      x = x.astype(self.dtype)
     if self.in_channels == 0 or self.architecture == "skip":
+      # The image itself stays float32 (its downsampled copy feeds lower blocks).
       y = Conv2dLayer(self.tmp_channels, kernel_size=1, activation=self.activation,
                       conv_clamp=self.conv_clamp, resample_filter=self.resample_filter,
-                      name="fromrgb")(img)
+                      name="fromrgb")(img.astype(self.dtype))
       x = x + y if x is not None else y
       img = layers.downsample2d(img, f) if self.architecture == "skip" else None
     conv0 = Conv2dLayer(self.tmp_channels, kernel_size=3, activation=self.activation,
@@ -516,6 +546,7 @@ class DiscriminatorEpilogue(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, img: Array | None, cmap: Array | None) -> Array:
+    x = x.astype(jnp.float32)  # The 4x4 head (mbstd, fc, projection) runs in float32.
     if self.architecture == "skip":
       x = x + Conv2dLayer(self.in_channels, kernel_size=1, activation=self.activation,
                           name="fromrgb")(img)
@@ -547,10 +578,12 @@ class Discriminator(nn.Module):
   mbstd_group_size: int | None = 4    # Group size of minibatch-stddev, None = whole batch.
   mbstd_num_channels: int = 1         # Features of minibatch-stddev, 0 = off.
   resample_filter: Sequence[float] = (1, 3, 3, 1)  # Low-pass filter taps.
+  num_bf16_res: int = 0               # Highest resolutions computed in bfloat16 (0 = none).
 
   def __post_init__(self):
     _check_resolution(self.resolution, "resolution")
     _check_choice(self.architecture, D_ARCHITECTURES, "architecture")
+    _check_bf16_res(self.num_bf16_res)
     if self.num_classes < 0:
       raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
     if self.empty_class and self.num_classes == 0:
@@ -581,7 +614,8 @@ class Discriminator(nn.Module):
           in_channels=ch(res) if res < self.resolution else 0, tmp_channels=ch(res),
           out_channels=ch(res // 2), resolution=res, img_channels=self.img_channels,
           architecture=self.architecture, resample_filter=self.resample_filter,
-          conv_clamp=self.conv_clamp, name=f"b{res}")(x, img)
+          conv_clamp=self.conv_clamp, name=f"b{res}",
+          dtype=compute_dtype(res, self.resolution, self.num_bf16_res))(x, img)
     cmap = None
     if self.c_dim > 0:
       if labels is None:
