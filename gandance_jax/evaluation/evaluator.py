@@ -18,6 +18,12 @@ Every evaluation writes one value per guidance scale, keyed ``<name>/<metric>@<s
 from ``reference`` (a pytorch-fid / ADM / this project's ``.npz``) or, when empty, are computed
 once from the training data (``config.data``) and cached in ``<workdir>/reference/``.
 Generated labels are balanced: sample i has class ``i % num_classes``.
+
+Several processes: every process must run the same evaluators at the same steps. Each
+generates and featurises its contiguous share of the N samples (and of the real images of a
+computed reference) on its own devices; the FID statistics are merged and the logits gathered
+across processes (gandance_jax/multihost.py), so every process returns the numbers one process
+would; process 0 writes them.
 """
 
 from __future__ import annotations
