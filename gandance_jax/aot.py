@@ -29,9 +29,11 @@ grid, in-loop evals (e.g. FID's Inception) and the input batches queued on the d
 (config.prefetch, reported separately).
 
 Why compile for the target mesh rather than one device with the per-device batch: the SPMD
-partitioner changes the temporaries. Measured for imagenet64 (batch 32 per device): d_main
-needs 3,419 MiB of temp on 8 devices against 2,525 MiB on 1 device; g_main and d_reg agree
-within 1%.
+partitioner changes the program. Measured for imagenet64 (batch 32 per device): d_main needs
+3,419 MiB of temp on 8 devices against 2,525 MiB on 1 device, because minibatch-stddev groups
+of the global batch span devices (6 extra all-reduces per D pass); with
+`--config.discriminator.mbstd_shards=8` (groups inside each device's samples, NVIDIA's
+per-GPU behaviour) it is 2,520 MiB and the only all-reduce left is the gradient's.
 
 Exit codes: 0 all phases compiled (and fit --budget_gib if given); 2 invalid config or
 flags, or JAX already started with another device count (the message names the field or

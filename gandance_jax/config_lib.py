@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_classes=10, empty_class=True, resolution=16, img_channels=1,
       architecture="resnet", channel_base=32768, channel_max=512, conv_clamp=256.0,
       mapping_layers=8, mbstd_group_size=4, mbstd_num_channels=1,
+      # Minibatch-stddev groups are formed inside this many contiguous blocks of the batch;
+      # set it to the device count for NVIDIA's per-GPU groups and no cross-device traffic
+      # in D (results then match any device count with the same value).
+      mbstd_shards=1,
       num_bf16_res=0))           # Highest resolutions in bfloat16 (mixed precision; 0 = off).
 
   # Training (NVIDIA's loss/regularisation schedule; GANdance label reset).

@@ -257,20 +257,33 @@ def modulated_conv2d(x: Array, weight: Array, styles: Array, noise: Array | None
   return x
 
 
-def minibatch_std(x: Array, group_size: int | None, num_channels: int = 1) -> Array:
-  """Appends the minibatch standard deviation as extra channels: [N,H,W,C] -> [N,H,W,C+F]."""
+def minibatch_std(x: Array, group_size: int | None, num_channels: int = 1,
+                  num_shards: int = 1) -> Array:
+  """Appends the minibatch standard deviation as extra channels: [N,H,W,C] -> [N,H,W,C+F].
+
+  Groups are formed inside each of `num_shards` contiguous blocks of the batch. With one
+  block this is NVIDIA's grouping of the whole batch; with one block per device of a
+  batch-sharded mesh it is NVIDIA's multi-GPU behaviour (each GPU groups its own samples) and
+  the statistic needs no cross-device communication, whereas groups of the global batch
+  span devices (sample j's group is j, j + N/G, ...) and cost all-reduces in every D pass.
+  """
   n, h, w, c = x.shape
-  g = min(group_size, n) if group_size is not None else n
-  if n % g:
-    raise ValueError(f"minibatch-stddev group size {g} must divide the batch size {n}")
+  s = int(num_shards)
+  if s < 1 or n % s:
+    raise ValueError(f"minibatch-stddev shards {s} must be >= 1 and divide the batch size {n}")
+  m = n // s
+  g = min(group_size, m) if group_size is not None else m
+  if m % g:
+    raise ValueError(f"minibatch-stddev group size {g} must divide the samples per shard {m}")
   f = num_channels
-  # Sample index = group_member * (N / G) + group, as NVIDIA's reshape(G, -1, ...).
-  y = x.reshape(g, n // g, h, w, f, c // f)
-  y = y - jnp.mean(y, axis=0)
-  y = jnp.mean(jnp.square(y), axis=0)
+  # Within a block, sample index = group_member * (M / G) + group, as NVIDIA's
+  # reshape(G, -1, ...).
+  y = x.reshape(s, g, m // g, h, w, f, c // f)
+  y = y - jnp.mean(y, axis=1, keepdims=True)
+  y = jnp.mean(jnp.square(y), axis=1)
   y = jnp.sqrt(y + 1e-8)
-  y = jnp.mean(y, axis=(1, 2, 4))  # [n, F]
-  y = jnp.tile(y, (g, 1))[:, None, None, :]
+  y = jnp.mean(y, axis=(2, 3, 5))  # [s, M / G, F]
+  y = jnp.broadcast_to(y[:, None], (s, g, m // g, f)).reshape(n, 1, 1, f)
   y = jnp.broadcast_to(y, (n, h, w, f)).astype(x.dtype)
   return jnp.concatenate([x, y], axis=-1)
 

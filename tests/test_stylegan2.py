@@ -330,5 +330,5 @@ def test_bias_act_clamp_and_gain():
 def test_mbstd_group_must_divide_batch():
   D = small_d(mbstd_group_size=4)
   dv = stylegan2.init_discriminator(D, jax.random.key(0))
-  with pytest.raises(ValueError, match="group size 4 must divide the batch size 6"):
+  with pytest.raises(ValueError, match="group size 4 must divide the samples per shard 6"):
     D.apply(dv, jnp.zeros((6, 8, 8, 3)), jnp.zeros(6, jnp.int32))

@@ -541,6 +541,8 @@ class DiscriminatorEpilogue(nn.Module):
   architecture: str = "resnet"        # 'orig', 'skip', 'resnet'.
   mbstd_group_size: int | None = 4    # Group size of minibatch-stddev, None = whole batch.
   mbstd_num_channels: int = 1         # Features of minibatch-stddev, 0 = off.
+  mbstd_shards: int = 1               # Contiguous batch blocks grouped separately (see
+                                      # layers.minibatch_std; = devices: no cross-device mbstd).
   activation: str = "lrelu"           # Activation function.
   conv_clamp: float | None = None     # Clamp conv outputs to +-X, None = off.
 
@@ -551,7 +553,8 @@ class DiscriminatorEpilogue(nn.Module):
       x = x + Conv2dLayer(self.in_channels, kernel_size=1, activation=self.activation,
                           name="fromrgb")(img)
     if self.mbstd_num_channels > 0:
-      x = layers.minibatch_std(x, self.mbstd_group_size, self.mbstd_num_channels)
+      x = layers.minibatch_std(x, self.mbstd_group_size, self.mbstd_num_channels,
+                               self.mbstd_shards)
     x = Conv2dLayer(self.in_channels, kernel_size=3, activation=self.activation,
                     conv_clamp=self.conv_clamp, name="conv")(x)
     # NHWC flatten; the importer permutes NVIDIA's NCHW-flattened fc weight to match.
@@ -577,6 +580,8 @@ class Discriminator(nn.Module):
   mapping_layers: int = 8             # Layers of the label mapping network.
   mbstd_group_size: int | None = 4    # Group size of minibatch-stddev, None = whole batch.
   mbstd_num_channels: int = 1         # Features of minibatch-stddev, 0 = off.
+  mbstd_shards: int = 1               # Contiguous batch blocks grouped separately (see
+                                      # layers.minibatch_std; = devices: no cross-device mbstd).
   resample_filter: Sequence[float] = (1, 3, 3, 1)  # Low-pass filter taps.
   num_bf16_res: int = 0               # Highest resolutions computed in bfloat16 (0 = none).
 
@@ -632,6 +637,7 @@ class Discriminator(nn.Module):
                               img_channels=self.img_channels, architecture=self.architecture,
                               mbstd_group_size=self.mbstd_group_size,
                               mbstd_num_channels=self.mbstd_num_channels,
+                              mbstd_shards=self.mbstd_shards,
                               conv_clamp=self.conv_clamp, name="b4")(x, img, cmap)
     return x[:, 0]
 
@@ -671,9 +677,15 @@ def init_generator(G: Generator, key: Array | int, batch_size: int = 1) -> dict[
   return jax.tree_util.tree_map(lambda x: x, _init_generator(G, _as_key(key), batch_size))
 
 
-def init_discriminator(D: Discriminator, key: Array | int, batch_size: int = 4
+def init_discriminator(D: Discriminator, key: Array | int, batch_size: int | None = None
                        ) -> dict[str, Any]:
-  """Returns D's variables {'params', 'buffers'} (jit-compiled init from dummy inputs)."""
+  """Returns D's variables {'params', 'buffers'} (jit-compiled init from dummy inputs).
+
+  The dummy batch defaults to one minibatch-stddev group per shard (at least 4 images); the
+  variables do not depend on its size.
+  """
+  if batch_size is None:
+    batch_size = max(4, D.mbstd_shards * (D.mbstd_group_size or 1))
   return jax.tree_util.tree_map(lambda x: x, _init_discriminator(D, _as_key(key), batch_size))
 
 

@@ -92,10 +92,19 @@ def check_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   if b % jax.process_count():
     raise ValueError(f"config.train.batch_size = {b} is invalid: must be a multiple of the "
                      f"process count ({jax.process_count()})")
+  shards = int(config.discriminator.get("mbstd_shards", 1))
+  if shards < 1 or b % shards:
+    raise ValueError(f"config.discriminator.mbstd_shards = {shards} is invalid: must be >= 1 "
+                     f"and divide config.train.batch_size = {b}")
   g = config.discriminator.mbstd_group_size
-  if g is not None and b % min(int(g), b):
-    raise ValueError(f"config.train.batch_size = {b} is invalid: must be a multiple of "
+  per_shard = b // shards
+  if g is not None and per_shard % min(int(g), per_shard):
+    raise ValueError(f"config.train.batch_size = {b} is invalid: the {per_shard} samples per "
+                     f"minibatch-stddev shard must be a multiple of "
                      f"discriminator.mbstd_group_size = {g}")
+  if shards > 1 and shards % n and n % shards:
+    logging.warning("discriminator.mbstd_shards = %d does not align with the %d devices: "
+                    "minibatch-stddev groups will span devices", shards, n)
 
 
 def global_batch(local_batch: Batch, sharding: NamedSharding) -> Batch:
