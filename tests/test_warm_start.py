@@ -140,6 +140,7 @@ def test_fine_tune_a_run_of_this_project(tmp_path):
       assert np.abs(np.asarray(y) - x).max() < 0.02, label
       if x.size > 8:
         assert np.abs(np.asarray(z) - x).max() > 0.2, label  # a fresh init is far away
+  assert (tmp_path / "ft" / "curves.png").exists()  # written by the loop at the end
   records = [json.loads(line) for line in open(tmp_path / "ft" / "metrics.jsonl")]
   assert all(np.isfinite(r["loss/G"]) for r in records if "loss/G" in r)
 

@@ -318,6 +318,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
                     specs=evaluator.specs if final else None, writer=writer,
                     metrics_path=metrics_path)
 
+  def write_curves() -> None:
+    if jax.process_index() != 0:
+      return
+    from gandance_jax import curves  # pylint: disable=g-import-not-at-top
+    try:
+      logging.info("Training curves: %s", curves.plot(workdir))
+    except Exception as e:  # pylint: disable=broad-except
+      # A picture must never cost a finished run: say why and go on.
+      logging.warning("could not plot the training curves: %s: %s", type(e).__name__, e)
+
   # --- 5. Loop. --------------------------------------------------------------------
   batches = sharding_lib.global_batches(source.batches(batch_size, start_step=step),
                                         batch_sharding, prefetch=config.prefetch)
@@ -361,6 +371,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
         writer.write_scalars(step, acc)
         _append_jsonl(metrics_path, {"step": step, "final": True, **acc})
       run_evals(final=True)
+      write_curves()
   except NonFiniteLossError as e:
     ckpt.wait()
     good = ckpt.latest_step()

@@ -1,0 +1,128 @@
+"""Training curves of a run as one PNG: losses, D scores, augmentation p, class accuracy and
+in-loop evaluation metrics against the step, read from `<workdir>/metrics.jsonl`.
+
+  python -m gandance_jax.curves runs/c10            # writes runs/c10/curves.png
+  python -m gandance_jax.curves runs/c10 --out=/tmp/c10.png
+
+The training loop writes the same file at the end of every run (process 0). A killed and
+resumed run logs some steps twice; the last record of a step wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+# Panels: (title, metric-name predicate). Evaluation metrics ('<eval>/<metric>@<scale>')
+# get one panel per metric, with one line per scale.
+_PANELS = (
+    ("losses", lambda k: k.startswith("loss/")),
+    ("D scores", lambda k: k.startswith("scores/") or k.startswith("signs/")),
+    ("augment p", lambda k: k == "augment_p"),
+    ("class accuracy of G EMA samples", lambda k: k.startswith("class_accuracy")),
+)
+
+
+def read_metrics(path: str) -> dict[str, dict[int, float]]:
+  """metrics.jsonl -> {metric: {step: value}} (numbers only; the last record of a step wins).
+
+  Raises:
+    FileNotFoundError naming the path.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist (a run's --workdir has metrics.jsonl)")
+  series: dict[str, dict[int, float]] = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      record = json.loads(line)
+      step = record.get("step")
+      if step is None or record.get("eval"):  # CLI evaluations are not on the curve
+        continue
+      for key, value in record.items():
+        if key in ("step", "final") or isinstance(value, bool):
+          continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+          series.setdefault(key, {})[int(step)] = float(value)
+  return series
+
+
+def _panels(series: dict[str, dict[int, float]]) -> list[tuple[str, list[str]]]:
+  panels = []
+  used: set[str] = set()
+  for title, wanted in _PANELS:
+    keys = sorted(k for k in series if wanted(k))
+    if keys:
+      panels.append((title, keys))
+      used.update(keys)
+  evals: dict[str, list[str]] = {}
+  for key in sorted(series):
+    if "@" in key and key not in used:
+      evals.setdefault(key.split("@")[0], []).append(key)
+  panels += [(name, keys) for name, keys in evals.items()]
+  return panels
+
+
+def plot(workdir: str, out: str | None = None) -> str:
+  """Writes the curves of `workdir` to `out` (default `<workdir>/curves.png`); returns it."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  series = read_metrics(os.path.join(workdir, METRICS_FILE))
+  panels = _panels(series)
+  if not panels:
+    raise ValueError(f"{os.path.join(workdir, METRICS_FILE)} has no metrics to plot yet")
+  cols = min(3, len(panels))
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+  for ax, (title, keys) in zip(axes.ravel(), panels):
+    for key in keys:
+      steps = sorted(series[key])
+      label = key.split("@")[1] if "@" in key else key
+      label = f"scale {label}" if "@" in key else label
+      ax.plot(steps, [series[key][s] for s in steps], marker="o" if len(steps) < 30 else None,
+              markersize=3, label=label)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  for ax in axes.ravel()[len(panels):]:
+    ax.axis("off")
+  fig.suptitle(os.path.basename(os.path.abspath(workdir)))
+  fig.tight_layout()
+  out = out or os.path.join(workdir, CURVES_FILE)
+  tmp = f"{out}.tmp{os.getpid()}.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, out)
+  return out
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("workdir", help="a run's --workdir (reads its metrics.jsonl)")
+  parser.add_argument("--out", default=None, help="PNG path (default <workdir>/curves.png)")
+  args = parser.parse_args(argv)
+  try:
+    print(plot(args.workdir, args.out))
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
+
+
+__all__: list[Any] = ["read_metrics", "plot", "main"]
