@@ -7,6 +7,8 @@ Layout of a workdir::
   checkpoints/<step>/g_ema/       {'params': G EMA params, 'buffers': G buffers incl. w_avg}
   checkpoints/<step>/meta/        JSON: step, config, a fingerprint of each item
   corrupt_checkpoints/<step>-<t>  checkpoints that failed to restore, moved aside
+  best_checkpoint/<step>/         G EMA + meta of the best in-loop evaluation so far
+                                  (config.best_metric; `BestSnapshot`)
 
 Saving is asynchronous (`CheckpointManager` with async checkpointing: the arrays are copied
 off the devices before `save` returns, the files are written in a background thread), keeps
@@ -46,6 +48,7 @@ from gandance_jax.train.state import TrainState
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
+BEST_DIR = "best_checkpoint"
 _G_EMA_FIELDS = ("g_ema_params", "g_buffers")
 
 PyTree = Any
@@ -273,8 +276,83 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[TrainState,
 # ----------------------------------------------------------------------------- generator
 
 
+def load_generator_from(workdir: str, which: str = "latest", **kwargs: Any
+                        ) -> tuple[stylegan2.Generator, dict[str, Any],
+                                   ml_collections.ConfigDict, int]:
+  """`load_generator` by name: 'latest', 'best' (the best in-loop snapshot) or a step number
+  (main.py's --checkpoint flag). Raises ValueError naming a bad value."""
+  which = str(which).strip()
+  if which == "latest":
+    return load_generator(workdir, **kwargs)
+  if which == "best":
+    return load_generator(workdir, best=True, **kwargs)
+  if which.isdigit():
+    return load_generator(workdir, int(which), **kwargs)
+  raise ValueError(f"--checkpoint = {which!r} is invalid: 'latest', 'best' or a step number")
+
+
+
+class BestSnapshot:
+  """The G EMA of the best in-loop evaluation so far, under `<workdir>/best_checkpoint/`.
+
+  Training keeps only the newest `keep_checkpoints` checkpoints; the snapshot of the step
+  with the best `config.best_metric` (e.g. 'fid10k/fid@1.3', lower is better with
+  best_mode='min') is kept apart so that it is never rotated away. It holds the `g_ema` item
+  and its metadata in the same layout as a checkpoint, so `load_generator(workdir,
+  best=True)` reads it. Every process must call `update` (Orbax saves are collective).
+  """
+
+  def __init__(self, workdir: str, metric: str, mode: str = "min"):
+    if mode not in ("min", "max"):
+      raise ValueError(f"best_mode must be 'min' or 'max', got {mode!r}")
+    self.metric, self.mode = metric, mode
+    self.directory = os.path.abspath(os.path.join(workdir, BEST_DIR))
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("g_ema", "meta"))
+    self.value: float | None = None
+    self.step: int | None = None
+    latest = self.manager.latest_step()
+    if latest is not None:  # A resumed run competes with the best of its earlier part.
+      meta = self.manager.restore(latest, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore())).meta
+      if meta.get("best_metric") == metric:
+        self.value, self.step = float(meta["best_value"]), int(latest)
+
+  def better(self, value: float) -> bool:
+    if self.value is None:
+      return True
+    return value < self.value if self.mode == "min" else value > self.value
+
+  def update(self, state: TrainState, step: int, metrics: dict[str, float],
+             config: ml_collections.ConfigDict) -> bool:
+    """Saves state's G EMA if metrics[metric] beats the best so far; returns whether it did."""
+    if self.metric not in metrics:
+      return False
+    value = float(metrics[self.metric])
+    if not np.isfinite(value) or not self.better(value):
+      return False
+    _, g_ema = _split_state(state)
+    meta = dict(step=int(step), fingerprint_g_ema=_fetch_int(_fingerprint_jit(g_ema)),
+                config=json.loads(config_to_json(config)), best_metric=self.metric,
+                best_value=value, best_mode=self.mode, time=time.time())
+    self.manager.save(int(step), args=ocp.args.Composite(
+        g_ema=ocp.args.StandardSave(g_ema), meta=ocp.args.JsonSave(meta)), force=True)
+    self.manager.wait_until_finished()
+    logging.info("New best %s = %.6g at step %d (previous: %s); G EMA saved in %s",
+                 self.metric, value, step, self.value, self.directory)
+    self.value, self.step = value, int(step)
+    return True
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
 def load_generator(workdir: str, step: int | None = None, *,
-                   sharding: jax.sharding.Sharding | None = None
+                   sharding: jax.sharding.Sharding | None = None, best: bool = False
                    ) -> tuple[stylegan2.Generator, dict[str, Any], ml_collections.ConfigDict,
                               int]:
   """Loads the EMA generator of a training run, for sampling and evaluation.
@@ -288,16 +366,21 @@ def load_generator(workdir: str, step: int | None = None, *,
     step: a checkpoint step, or None for the newest readable one.
     sharding: where to put the variables; default: replicated over all devices (works for
       any device count, and for several processes when every process calls this).
+    best: read the best in-loop snapshot (`BestSnapshot`, config.best_metric) instead.
   Returns:
     (G module, {'params', 'buffers'} variables, the run's config, the step).
   Raises:
     FileNotFoundError if there is no (readable) checkpoint.
   """
-  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  directory = os.path.abspath(os.path.join(workdir, BEST_DIR if best else CHECKPOINT_DIR))
+  if best and not os.path.isdir(directory):
+    raise FileNotFoundError(f"no best snapshot in {directory}: set config.best_metric to an "
+                            "in-loop evaluation metric, e.g. 'fid/fid@1.3'")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoints in {directory}")
-  manager = ocp.CheckpointManager(directory, item_names=("train", "g_ema", "meta"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(
+      directory, item_names=("g_ema", "meta") if best else ("train", "g_ema", "meta"),
+      options=ocp.CheckpointManagerOptions(read_only=True))
   steps = sorted(manager.all_steps(), reverse=True)
   if step is not None:
     if step not in steps:

@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # In-loop evaluators: name -> dict(type=..., ...). See gandance_jax/evaluation/evaluator.py.
   config.evals = ml_collections.ConfigDict()
+  # Keep the G EMA of the best in-loop evaluation apart from the rotated checkpoints
+  # (checkpoint.BestSnapshot): a metric key '<eval name>/<metric>@<scale>' such as
+  # 'fid10k/fid@1.3', '' = off; 'min' (FID) or 'max' (accuracy, precision, ...).
+  config.best_metric = ""
+  config.best_mode = "min"
   # --mode=eval on a file instead of a checkpoint: ADM-layout .npz or class image folder.
   config.eval_samples = ""
 
@@ -244,6 +249,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _positive_int(config.class_accuracy, "num_per_class", "class_accuracy", allow_zero=True)
   _positive_int(config.class_accuracy, "every_steps", "class_accuracy", allow_zero=True)
 
+  best = str(config.get("best_metric", "") or "")
+  if best:
+    evals = dict(config.get("evals", {}))
+    name = best.split("/")[0]
+    if "/" not in best or "@" not in best or name not in evals:
+      _fail("best_metric", best, "must be '<eval name>/<metric>@<scale>' of an evaluator in "
+            f"config.evals (have {sorted(evals)}), e.g. 'fid/fid@1.3'")
+    if not int(dict(evals[name]).get("every_steps", 0) or 0):
+      _fail("best_metric", best, f"config.evals.{name}.every_steps is 0: it never runs "
+            "during training")
+  if config.get("best_mode", "min") not in ("min", "max"):
+    _fail("best_mode", config.best_mode, "allowed values are ['min', 'max']")
   s = config.sample
   validate_sample_config(s, g.num_classes, g.empty_class)
 

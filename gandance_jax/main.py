@@ -34,6 +34,9 @@ flags.DEFINE_string("compilation_cache_dir",
                     os.path.join(os.environ.get("GANDANCE_CACHE", "~/.cache/gandance_jax"),
                                  "xla"),
                     "Persistent XLA compilation cache ('' = off); makes restarts start fast.")
+flags.DEFINE_string("checkpoint", "latest",
+                    "--mode=sample/eval: 'latest', 'best' (the best in-loop snapshot of "
+                    "config.best_metric) or a step number.")
 flags.DEFINE_bool("log_all_processes", False,
                   "Log INFO from every process (default: only process 0; others warn/error).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -57,6 +60,10 @@ def main(argv: list[str]) -> int:
                       os.path.expanduser(FLAGS.compilation_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   config = FLAGS.config
+  which = FLAGS.checkpoint.strip()
+  if which not in ("latest", "best") and not which.isdigit():
+    logging.error("--checkpoint = %r is invalid: 'latest', 'best' or a step number", which)
+    return 2
   try:
     config_lib.validate_config(config)
   except config_lib.ConfigError as e:
@@ -77,10 +84,10 @@ def main(argv: list[str]) -> int:
       return 143
   if FLAGS.mode in ("sample", "all"):
     from gandance_jax import sample_cli  # pylint: disable=g-import-not-at-top
-    sample_cli.run(config, FLAGS.workdir)
+    sample_cli.run(config, FLAGS.workdir, FLAGS.checkpoint)
   if FLAGS.mode in ("eval", "all"):
     from gandance_jax.evaluation import cli  # pylint: disable=g-import-not-at-top
-    cli.run(config, FLAGS.workdir)
+    cli.run(config, FLAGS.workdir, FLAGS.checkpoint)
   return 0
 
 

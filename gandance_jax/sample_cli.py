@@ -203,11 +203,14 @@ def run_with_generator(G: stylegan2.Generator, variables: Any, sample_config: An
   return outputs
 
 
-def run(config: Any, workdir: str) -> dict[str, list[str]]:
-  """`main.py --mode=sample`: samples from the latest checkpoint's G EMA in `workdir`."""
+def run(config: Any, workdir: str, which: str = "latest") -> dict[str, list[str]]:
+  """`main.py --mode=sample`: samples from the G EMA of a checkpoint in `workdir`.
+
+  `which`: 'latest', 'best' (the best in-loop snapshot, config.best_metric) or a step.
+  """
   from gandance_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
-  G, variables, _, step = checkpoint.load_generator(workdir)
+  G, variables, _, step = checkpoint.load_generator_from(workdir, which)
   check(G, config.sample)
   devices = jax.devices()
   mesh_data = config.get("mesh", {}).get("data", -1)
@@ -216,6 +219,7 @@ def run(config: Any, workdir: str) -> dict[str, list[str]]:
       raise config_lib.ConfigError(f"config.mesh.data = {mesh_data} is invalid: only "
                                    f"{len(devices)} devices")
     devices = devices[:mesh_data]
-  outdir = config.sample.outdir or os.path.join(workdir, "samples", f"step_{step}")
+  tag = f"best_step_{step}" if which == "best" else f"step_{step}"
+  outdir = config.sample.outdir or os.path.join(workdir, "samples", tag)
   logging.info("sampling from %s (step %s) into %s", workdir, step, outdir)
   return run_with_generator(G, variables, config.sample, outdir, devices=devices)

@@ -91,21 +91,25 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str, path: str
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Evaluates `config.eval_samples` if set, else the newest checkpoint in `workdir`."""
+def run(config: ml_collections.ConfigDict, workdir: str, which: str = "latest"
+        ) -> dict[str, float]:
+  """Evaluates `config.eval_samples` if set, else a checkpoint's G EMA in `workdir`.
+
+  `which`: 'latest', 'best' (the best in-loop snapshot, config.best_metric) or a step.
+  """
   path = str(config.get("eval_samples", "") or "")
   if path:
     metrics = evaluate_samples(config, workdir, path)
     record: dict[str, Any] = {"eval": True, "samples": path, **metrics}
   else:
     from gandance_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    G, g_vars, ckpt_config, step = checkpoint.load_generator(workdir)
+    G, g_vars, ckpt_config, step = checkpoint.load_generator_from(workdir, which)
     # The data/evals of the command line win; the networks come from the checkpoint.
     ev = evaluator_lib.Evaluator(config, workdir, specs=default_specs(config))
     metrics = ev.run(G, g_vars, step, specs=ev.specs,
                      metrics_path=os.path.join(workdir, "eval_metrics.jsonl"))
     del ckpt_config
-    record = {"eval": True, "step": int(step), **metrics}
+    record = {"eval": True, "step": int(step), "checkpoint": which, **metrics}
   if multihost.is_main():
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, evaluator_lib.METRICS_FILE), "a") as f:

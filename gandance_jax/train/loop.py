@@ -312,11 +312,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     from gandance_jax.evaluation import evaluator as evaluator_lib
     evaluator = evaluator_lib.Evaluator(config, workdir)
 
+  best = None
+  if config.get("best_metric", ""):
+    best = checkpoint_lib.BestSnapshot(workdir, config.best_metric, config.best_mode)
+
   def run_evals(final: bool) -> None:
     if evaluator is not None:
-      evaluator.run(G, state.g_ema_variables, step,
-                    specs=evaluator.specs if final else None, writer=writer,
-                    metrics_path=metrics_path)
+      metrics = evaluator.run(G, state.g_ema_variables, step,
+                              specs=evaluator.specs if final else None, writer=writer,
+                              metrics_path=metrics_path)
+      if best is not None:
+        best.update(state, step, metrics, config)
 
   def write_curves() -> None:
     if jax.process_index() != 0:
@@ -383,4 +389,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     if progress_bar is not None:
       progress_bar.close()
     ckpt.close()
+    if best is not None:
+      best.close()
   return state
