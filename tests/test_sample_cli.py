@@ -138,18 +138,23 @@ def test_learned_needs_the_empty_class(tmp_path, monkeypatch):
 
 
 def test_run_from_checkpoint(gen, tmp_path, monkeypatch):
-  """run(config, workdir) samples the G EMA that checkpoint.load_generator returns."""
+  """run(config, workdir) samples the G EMA that checkpoint.load_generator_from returns."""
   G, v = gen
   calls = []
-  def load_generator(workdir, step=None):
-    calls.append((workdir, step))
+  def load_generator_from(workdir, which="latest"):
+    calls.append((workdir, which))
     return G, v, config_lib.base_config(), 1234
-  fake = types.SimpleNamespace(load_generator=load_generator)
+  fake = types.SimpleNamespace(load_generator_from=load_generator_from)
   monkeypatch.setitem(sys.modules, "gandance_jax.checkpoint", fake)
   monkeypatch.setattr(gandance_jax, "checkpoint", fake, raising=False)
   config = config_lib.base_config()
   config.sample = _sample_config(outputs=("grid",))
   out = sample_cli.run(config, str(tmp_path))
-  assert calls == [(str(tmp_path), None)]
+  assert calls == [(str(tmp_path), "latest")]
   assert out["grid"] == [str(tmp_path / "samples" / "step_1234" / "grid_training_free.png")]
   assert os.path.exists(out["grid"][0])
+  # --checkpoint=best: the best in-loop snapshot, in its own output folder.
+  out = sample_cli.run(config, str(tmp_path), "best")
+  assert calls[-1] == (str(tmp_path), "best")
+  assert out["grid"] == [str(tmp_path / "samples" / "best_step_1234" /
+                             "grid_training_free.png")]
