@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gandance_jax import multihost
 from gandance_jax.networks import stylegan2
 
 
@@ -51,10 +52,7 @@ def make_sampler(G: stylegan2.Generator, sharding: jax.sharding.Sharding | None)
   jitted = jax.jit(sample, out_shardings=sharding)
 
   def run(g_vars, z, labels):
-    out = jitted(g_vars, jnp.asarray(z), jnp.asarray(labels))
-    if out.is_fully_addressable:
-      return np.asarray(out)
-    return np.asarray(out.addressable_data(0))
+    return multihost.to_host(jitted(g_vars, jnp.asarray(z), jnp.asarray(labels)))
   return run
 
 

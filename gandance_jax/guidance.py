@@ -484,9 +484,7 @@ class Sampler:
     """
     if not self.spans_processes:
       return x
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, P("data")),
-                                        lambda index: x[index])
+    return multihost.to_global(x, NamedSharding(self.mesh, P("data")))
 
   def _check_labels(self, labels: Any) -> np.ndarray:
     G = self.spec.G
@@ -527,21 +525,22 @@ class Sampler:
     With devices of several processes the result is a global array: every process must
     call with the same labels, and `multihost.to_host` gathers it.
     """
-    labels = self._check_labels(labels)
-    n = len(labels)
-    labels, idx = self._pad(labels, self._indices(n, start_index, indices))
-    out = _compiled(self.spec, "sample")(self.place(variables), key, self._batch(labels),
-                                         self._batch(idx), *self._args())
-    return out[:n] if len(labels) != n else out
+    return self._run("sample", variables, key, labels, start_index, indices)
 
   def latents(self, variables: Variables, key: Array, labels: Any, *, start_index: int = 0,
               indices: Any | None = None) -> Array:
     """labels int [B] -> the guided, truncated ws [B, num_ws, w_dim] the sampler would use."""
+    return self._run("latents", variables, key, labels, start_index, indices)
+
+  def _run(self, what: str, variables: Variables, key: Array, labels: Any, start_index: int,
+           indices: Any | None) -> Array:
+    """The compiled program `what` ('sample' or 'latents') on labels [B], padded to the
+    device count and trimmed back."""
     labels = self._check_labels(labels)
     n = len(labels)
     labels, idx = self._pad(labels, self._indices(n, start_index, indices))
-    out = _compiled(self.spec, "latents")(self.place(variables), key, self._batch(labels),
-                                          self._batch(idx), *self._args())
+    out = _compiled(self.spec, what)(self.place(variables), key, self._batch(labels),
+                                     self._batch(idx), *self._args())
     return out[:n] if len(labels) != n else out
 
   def synthesize(self, variables: Variables, key: Array, ws: Array, *, start_index: int = 0,

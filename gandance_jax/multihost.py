@@ -106,6 +106,13 @@ def local_copy(tree: Any) -> Any:
   return jax.tree.map(one, tree)
 
 
+def to_global(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A host array (the same value on every process) -> a global jax.Array with `sharding`;
+  each process supplies the shards of its own devices."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def to_host(x: jax.Array) -> np.ndarray:
   """A (possibly multi-process, batch-sharded) array -> the whole value as numpy.
 

@@ -185,12 +185,9 @@ def abstract_train_state(init_fn: Any, sharding: Any) -> state_lib.TrainState:
 def _place(tree: Any, sharding: Any) -> Any:
   """Host (numpy) leaves -> global arrays with `sharding` (every process holds the same
   values); jax.Arrays are kept as they are."""
-  def one(x):
-    if isinstance(x, jax.Array):
-      return x
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-  return jax.tree.map(one, tree)
+  from gandance_jax import multihost  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(
+      lambda x: x if isinstance(x, jax.Array) else multihost.to_global(x, sharding), tree)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:

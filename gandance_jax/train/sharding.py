@@ -122,6 +122,5 @@ def global_batches(local_batches: Iterable[Batch], sharding: NamedSharding,
 
 def fetch(x: jax.Array) -> np.ndarray:
   """A replicated (possibly multi-process) array -> numpy, from this process's copy."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  return np.asarray(x.addressable_data(0))
+  from gandance_jax import multihost  # pylint: disable=g-import-not-at-top
+  return multihost.to_host(x)
