@@ -155,26 +155,29 @@ class Evaluator:
             inception.from_pytorch_fid_state_dict(state), convention=spec.convention)
     return self._extractors[key]
 
-  def _num_real(self, limit: int) -> int:
-    from gandance_jax.data import make_source  # pylint: disable=g-import-not-at-top
-    return min(int(make_source(self.config.data).num_examples or limit), limit)
-
-  def _real_images(self, start: int, stop: int) -> Iterator[np.ndarray]:
-    """Streams training images [start, stop) (float [-1, 1] NHWC) from `config.data`."""
+  def _real_images(self, limit: int) -> tuple[int, Iterator[np.ndarray]]:
+    """(n, the training images [start, stop) of this process's share of the first n), as
+    float [-1, 1] NHWC chunks from `config.data`; n = min(dataset size, limit)."""
     from gandance_jax.data import make_source  # pylint: disable=g-import-not-at-top
     source = make_source(self.config.data)
-    bs = 250
-    seen = 0
-    # A step-indexed source with xflip off visits a permutation per epoch: one epoch of
-    # global batches covers every image exactly once when bs divides n (else ~once). Every
-    # process reads the same order and keeps its share (reading is cheap next to features).
-    it = source.batches(bs, start_step=0, process_index=0, process_count=1)
-    while seen < stop:
-      images = next(it)["image"]
-      lo, hi = max(start - seen, 0), min(stop - seen, len(images))
-      seen += len(images)
-      if hi > lo:
-        yield images[lo:hi]
+    n = min(int(source.num_examples or limit), limit)
+    start, stop = multihost.process_share(n)
+
+    def chunks() -> Iterator[np.ndarray]:
+      bs = 250
+      seen = 0
+      # A step-indexed source with xflip off visits a permutation per epoch: one epoch of
+      # global batches covers every image exactly once when bs divides n (else ~once).
+      # Every process reads the same order and keeps its share (reading is cheap next to
+      # the features).
+      it = source.batches(bs, start_step=0, process_index=0, process_count=1)
+      while seen < stop:
+        images = next(it)["image"]
+        lo, hi = max(start - seen, 0), min(stop - seen, len(images))
+        seen += len(images)
+        if hi > lo:
+          yield images[lo:hi]
+    return stop - start, chunks()
 
   def reference(self, spec: EvalSpec) -> tuple[fid_lib.FIDStatistics, np.ndarray | None]:
     """(statistics, features-or-None) of the real data for `spec`'s extractor."""
@@ -200,12 +203,12 @@ class Evaluator:
       else:
         # Each process featurises its share of the real images; statistics are merged and
         # features gathered across processes.
-        start, stop = multihost.process_share(self._num_real(spec.reference_samples))
+        count, images = self._real_images(spec.reference_samples)
         acc = fid_lib.StreamingStatistics(ext.dim)
         local_feats = []
         for f, _ in features_lib.iterate_features(
-            ext, self._real_images(start, stop), batch_size=spec.batch_size,
-            total=stop - start, desc="reference features"):
+            ext, images, batch_size=spec.batch_size, total=count,
+            desc="reference features"):
           acc.update(f)
           local_feats.append(f)
         acc = acc.reduced_across_processes()
