@@ -168,6 +168,17 @@ def identity_calibration() -> Calibration:
   return Calibration(kind="identity", a=jnp.float32(1), b=jnp.float32(0), xs=z, ys=z)
 
 
+def _balanced(real_logits: Any, fake_logits: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(logits [n], labels [n] (1 = real), weights [n]) float64; each set has total weight 1/2."""
+  lr_, lf = np.asarray(real_logits, np.float64), np.asarray(fake_logits, np.float64)
+  if lr_.ndim != 1 or lf.ndim != 1 or not lr_.size or not lf.size:
+    raise ValueError("real_logits and fake_logits must be non-empty 1D arrays")
+  x = np.concatenate([lr_, lf])
+  y = np.concatenate([np.ones_like(lr_), np.zeros_like(lf)])
+  wt = np.concatenate([np.full_like(lr_, 0.5 / lr_.size), np.full_like(lf, 0.5 / lf.size)])
+  return x, y, wt
+
+
 def fit_platt(real_logits: Any, fake_logits: Any, *, iters: int = 50,
               l2: float = 1e-6) -> Calibration:
   """Platt scaling: logistic regression P(real | l) = sigmoid(a l + b) by Newton's method.
@@ -179,12 +190,7 @@ def fit_platt(real_logits: Any, fake_logits: Any, *, iters: int = 50,
     iters: Newton iterations (float64 on the host; converges in ~10).
     l2: ridge on (a, b) for separable data.
   """
-  lr_, lf = np.asarray(real_logits, np.float64), np.asarray(fake_logits, np.float64)
-  if lr_.ndim != 1 or lf.ndim != 1 or not lr_.size or not lf.size:
-    raise ValueError("real_logits and fake_logits must be non-empty 1D arrays")
-  x = np.concatenate([lr_, lf])
-  y = np.concatenate([np.ones_like(lr_), np.zeros_like(lf)])
-  wt = np.concatenate([np.full_like(lr_, 0.5 / lr_.size), np.full_like(lf, 0.5 / lf.size)])
+  x, y, wt = _balanced(real_logits, fake_logits)
   feats = np.stack([x, np.ones_like(x)], axis=1)  # [n, 2]
   theta = np.array([1.0, 0.0])
   for _ in range(iters):
@@ -211,12 +217,7 @@ def _pav(y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def fit_isotonic(real_logits: Any, fake_logits: Any, *, eps: float = 1e-6) -> Calibration:
   """Isotonic regression of P(real | l) on held-out logits (balanced as in `fit_platt`)."""
-  lr_, lf = np.asarray(real_logits, np.float64), np.asarray(fake_logits, np.float64)
-  if lr_.ndim != 1 or lf.ndim != 1 or not lr_.size or not lf.size:
-    raise ValueError("real_logits and fake_logits must be non-empty 1D arrays")
-  x = np.concatenate([lr_, lf])
-  y = np.concatenate([np.ones_like(lr_), np.zeros_like(lf)])
-  wt = np.concatenate([np.full_like(lr_, 0.5 / lr_.size), np.full_like(lf, 0.5 / lf.size)])
+  x, y, wt = _balanced(real_logits, fake_logits)
   order = np.argsort(x, kind="stable")
   x, y, wt = x[order], y[order], wt[order]
   # Tied logits get one pooled value (weighted mean) before PAV.
