@@ -105,6 +105,31 @@ def labels_to_vectors(labels: Array, c_dim: int, num_classes: int, empty_class: 
 # Mapping network.
 
 
+def check_classes(num_classes: int, empty_class: bool) -> None:
+  """Raises ValueError for a negative class count or an empty class without classes."""
+  if num_classes < 0:
+    raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+  if empty_class and num_classes == 0:
+    raise ValueError("empty_class=True needs num_classes > 0")
+
+
+class ConditionalLabels:
+  """Label arithmetic of a class-conditional module with `num_classes` and `empty_class`
+  fields (G and D here and in networks/toy2d.py)."""
+  num_classes: int
+  empty_class: bool
+
+  @property
+  def c_dim(self) -> int:
+    """Label embedding inputs: the classes plus, with `empty_class`, the empty one."""
+    return self.num_classes + (1 if self.empty_class else 0)
+
+  @property
+  def empty_label(self) -> int | None:
+    """The id of the empty condition, or None without `empty_class`."""
+    return self.num_classes if self.empty_class else None
+
+
 class MappingNetwork(nn.Module):
   """z, c -> w. Parameters: embed, fc0..fc{L-1}; buffer: w_avg (if w_avg_beta is set)."""
   z_dim: int                           # Input latent (Z) dimensionality, 0 = no latent.
@@ -392,7 +417,7 @@ class SynthesisNetwork(nn.Module):
 # Generator.
 
 
-class Generator(nn.Module):
+class Generator(ConditionalLabels, nn.Module):
   """Class-conditional StyleGAN2 generator with separate `mapping` and `synthesis` methods."""
   z_dim: int = 512                    # Input latent (Z) dimensionality.
   w_dim: int = 512                    # Intermediate latent (W) dimensionality.
@@ -415,23 +440,11 @@ class Generator(nn.Module):
     _check_resolution(self.resolution, "resolution")
     _check_choice(self.architecture, G_ARCHITECTURES, "architecture")
     _check_bf16_res(self.num_bf16_res)
-    if self.num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
-    if self.empty_class and self.num_classes == 0:
-      raise ValueError("empty_class=True needs num_classes > 0")
+    check_classes(self.num_classes, self.empty_class)
     for field in ("z_dim", "w_dim", "mapping_layers", "img_channels"):
       if getattr(self, field) <= 0 and not (field == "z_dim" and self.num_classes > 0):
         raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
     super().__post_init__()
-
-  @property
-  def c_dim(self) -> int:
-    return self.num_classes + (1 if self.empty_class else 0)
-
-  @property
-  def empty_label(self) -> int | None:
-    """The id of the empty condition, or None without `empty_class`."""
-    return self.num_classes if self.empty_class else None
 
   def _synthesis_module(self, name: str | None = None) -> SynthesisNetwork:
     kwargs = dict(w_dim=self.w_dim, img_resolution=self.resolution,
@@ -566,7 +579,7 @@ class DiscriminatorEpilogue(nn.Module):
     return x
 
 
-class Discriminator(nn.Module):
+class Discriminator(ConditionalLabels, nn.Module):
   """Conditional StyleGAN2 discriminator with the projection head (cmap from a label MLP)."""
   num_classes: int = 0                # Number of real classes, 0 = unconditional.
   empty_class: bool = False           # Add the GANdance "empty" label (id num_classes)?
@@ -589,15 +602,8 @@ class Discriminator(nn.Module):
     _check_resolution(self.resolution, "resolution")
     _check_choice(self.architecture, D_ARCHITECTURES, "architecture")
     _check_bf16_res(self.num_bf16_res)
-    if self.num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
-    if self.empty_class and self.num_classes == 0:
-      raise ValueError("empty_class=True needs num_classes > 0")
+    check_classes(self.num_classes, self.empty_class)
     super().__post_init__()
-
-  @property
-  def c_dim(self) -> int:
-    return self.num_classes + (1 if self.empty_class else 0)
 
   @nn.compact
   def __call__(self, img: Array, labels: Array | None = None) -> Array:

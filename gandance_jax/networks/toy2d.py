@@ -48,13 +48,6 @@ Array = jax.Array
 D_HEADS = ("projection", "san")
 
 
-def _check_classes(num_classes: int, empty_class: bool) -> None:
-  if num_classes < 0:
-    raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-  if empty_class and num_classes == 0:
-    raise ValueError("empty_class=True needs num_classes > 0")
-
-
 class Toy2DSynthesis(nn.Module):
   """ws [B, num_layers + 1, w_dim] -> points [B, 2] (see the module docstring)."""
   hidden: int = 128
@@ -94,7 +87,7 @@ class Toy2DSynthesis(nn.Module):
     return self.from_features(self.features(ws, 0), ws, 0)
 
 
-class Toy2DGenerator(nn.Module):
+class Toy2DGenerator(stylegan2.ConditionalLabels, nn.Module):
   """Class-conditional 2D generator with StyleGAN2's `mapping` / `synthesis` methods."""
   z_dim: int = 8                      # Input latent (Z) dimensionality.
   w_dim: int = 32                     # Intermediate latent (W) dimensionality.
@@ -108,20 +101,11 @@ class Toy2DGenerator(nn.Module):
   output_scale: float = 1.0           # Points = output_scale * network output.
 
   def __post_init__(self):
-    _check_classes(self.num_classes, self.empty_class)
+    stylegan2.check_classes(self.num_classes, self.empty_class)
     for field in ("z_dim", "w_dim", "mapping_layers", "hidden", "num_layers"):
       if getattr(self, field) <= 0:
         raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
     super().__post_init__()
-
-  @property
-  def c_dim(self) -> int:
-    return self.num_classes + (1 if self.empty_class else 0)
-
-  @property
-  def empty_label(self) -> int | None:
-    """The id of the empty condition, or None without `empty_class`."""
-    return self.num_classes if self.empty_class else None
 
   @property
   def num_ws(self) -> int:
@@ -169,7 +153,7 @@ class Toy2DGenerator(nn.Module):
     return self.synthesis(ws, noise_mode=noise_mode)
 
 
-class Toy2DDiscriminator(nn.Module):
+class Toy2DDiscriminator(stylegan2.ConditionalLabels, nn.Module):
   """Conditional MLP discriminator: points [B, 2], labels int [B] -> logits [B].
 
   Parameters: fcs_0..fcs_{L-1} (lrelu), out (linear, -> cmap_dim features h(x)), then the head:
@@ -185,17 +169,13 @@ class Toy2DDiscriminator(nn.Module):
   head: str = "projection"            # 'projection' or 'san'.
 
   def __post_init__(self):
-    _check_classes(self.num_classes, self.empty_class)
+    stylegan2.check_classes(self.num_classes, self.empty_class)
     if self.head not in D_HEADS:
       raise ValueError(f"head must be one of {list(D_HEADS)}, got {self.head!r}")
     for field in ("hidden", "num_layers", "cmap_dim"):
       if getattr(self, field) <= 0:
         raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
     super().__post_init__()
-
-  @property
-  def c_dim(self) -> int:
-    return self.num_classes + (1 if self.empty_class else 0)
 
   def setup(self):
     self.fcs = [FullyConnectedLayer(self.hidden, activation="lrelu")
