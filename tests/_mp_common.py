@@ -56,6 +56,14 @@ def tiny_flags(**overrides: Any) -> list[str]:
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
+def free_port() -> int:
+  """A TCP port free on localhost now (for a jax.distributed coordinator)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
 def main_command(workdir: str | os.PathLike, cache_dir: str | os.PathLike,
                  *extra: str, config: str = "configs/digits.py:shrink",
                  **overrides: Any) -> list[str]:

@@ -19,3 +19,14 @@ def golden_path(*parts: str) -> pathlib.Path:
   if not path.exists():
     pytest.skip(f"golden reference data not found at {path}")
   return path
+
+
+def random_vars(module, *args, seed=0):
+  """Variables of `module` with N(0, 1) leaves, from eval_shape (no init compile: on CPU
+  the jitted init costs seconds of compilation, a test only needs some weights)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)

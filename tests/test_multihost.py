@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -54,18 +53,12 @@ json.dump(dict(share=[start, stop], count=merged.count, mu=mu.tolist(),
 """
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("multihost")
   script = tmp / "worker.py"
   script.write_text(WORKER)
-  port = _free_port()
+  port = common.free_port()
   env = common.subprocess_env(1)
   procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i),
                              str(tmp / f"out{i}.json")], cwd=common.REPO, env=env,

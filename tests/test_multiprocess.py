@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 
 import jax
 import numpy as np
@@ -20,12 +19,6 @@ from tests import _mp_common as common
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory):
   return tmp_path_factory.getbasetemp() / "trainer_shared"
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _assert_close_runs(reference, workdir):
@@ -54,7 +47,7 @@ def test_four_devices_match_one(shared, tmp_path):
 def _start_processes(workdir, cache_dir, log_dir, tag: str, *extra: str, **overrides
                      ) -> list[common.Trainer]:
   """Starts main.py in 2 local processes (gloo)."""
-  port = _free_port()
+  port = common.free_port()
   return [common.Trainer(workdir, cache_dir, f"--coordinator_address=localhost:{port}",
                          "--num_processes=2", f"--process_id={i}", *extra,
                          log_path=log_dir / f"{tag}_process_{i}.log", **overrides)

@@ -7,14 +7,8 @@ import pytest
 
 from gandance_jax import san
 from gandance_jax.networks import toy2d
+from tests.conftest import random_vars
 
-
-def random_vars(module, *args, seed=0):
-  """Variables of `module` with N(0, 1) leaves, from eval_shape (no init compile: on CPU
-  the jitted init costs seconds of compilation, a test only needs some weights)."""
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)
 
 
 def test_san_logits_values_and_gradient_routing():
