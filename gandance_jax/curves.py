@@ -15,7 +15,6 @@ import json
 import math
 import os
 import sys
-from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -124,5 +123,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
   sys.exit(main())
 
-
-__all__: list[Any] = ["read_metrics", "plot", "main"]
