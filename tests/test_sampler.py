@@ -107,11 +107,18 @@ def test_stream_equals_one_batch(gen):
   whole = np.asarray(sampler(v, KEY, LABELS))
   offsets, parts = zip(*sampler.stream(v, KEY, LABELS, chunk_size=4))
   assert offsets == (0, 4)  # The last chunk is padded to 4 and trimmed.
-  np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-5)
+  # Chunks of 4 run the convolutions at another batch size than the whole batch, so XLA may
+  # block the reductions differently: float32 rounding (eps 1.2e-7) accumulates over the ~8
+  # convolution/demodulation layers with fan-in up to 3*3*32, i.e. a few 1e-6 per layer
+  # relative to outputs of magnitude <= 1; 1.3e-5 was seen on a loaded machine. 1e-4 is
+  # ~800 ulp at 1.0 and still orders of magnitude below any real difference (a different z,
+  # label or noise moves pixels by > 1e-2).
+  _CHUNKING_ATOL = 1e-4
+  np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=_CHUNKING_ATOL)
   # A request can also continue at a global offset (e.g. a second job).
   tail = np.concatenate([x for _, x in sampler.stream(v, KEY, LABELS[2:], chunk_size=4,
                                                       start_index=2)])
-  np.testing.assert_allclose(tail, whole[2:], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(tail, whole[2:], rtol=0, atol=_CHUNKING_ATOL)
 
 
 _TF = dict(mode="training_free", scale=1.3)
@@ -214,5 +221,7 @@ def test_chunked_sharded_sampling_equals_one_batch():
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["offsets"] == [0, 4, 8]
   assert result["num_shards"] == 4 and "data" in result["spec"]
-  assert result["max_diff"] < 1e-5, result
-  assert result["call_max_diff"] < 1e-5, result
+  # Other batch size per device and another device count than the one-device batch: the same
+  # reduction-order argument as in test_stream_equals_one_batch (seen 1.34e-5 under load).
+  assert result["max_diff"] < 1e-4, result
+  assert result["call_max_diff"] < 1e-4, result
