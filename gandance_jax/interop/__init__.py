@@ -1,0 +1,34 @@
+"""Readers and writers of the weight files users hold, without torch or the authors' code.
+
+* `read_torch_state_dict(path)`: a `.pth` (zip or legacy format) as {key: numpy array}.
+* `load_torch_file(path)` / `write_torch_file(path, obj)`: any torch.save object of dicts,
+  lists, numbers, strings and tensors (numpy arrays).
+* `load_nvidia_pickle(path)`: a stylegan2-ada-pytorch `network-snapshot-*.pkl` as this
+  project's StyleGAN2 modules and variables.
+* `export_stylegan2` / `load_stylegan2_torch_file`: StyleGAN2 G_ema (and D) as a `.pth` with
+  NVIDIA's key names and layouts, and back.
+
+Every pickle goes through `safe_pickle.RestrictedUnpickler`: a global outside the formats'
+allow-lists raises `UnsafePickleError` and nothing from the file is run. Importing this
+package imports neither torch nor jax; the StyleGAN2 functions (which build Flax modules)
+load `interop.nvidia` on first use.
+"""
+
+from gandance_jax.interop.safe_pickle import FormatError, InteropError, UnsafePickleError
+from gandance_jax.interop.torch_files import (load_torch_file, read_torch_state_dict,
+                                              write_torch_file)
+
+_NVIDIA = ("load_nvidia_pickle", "load_stylegan2_torch_file", "export_stylegan2",
+           "stylegan2_torch_state_dict", "stylegan2_settings")
+
+
+def __getattr__(name: str):
+  # Lazy: reading a .pth needs numpy only; these need jax and the networks.
+  if name in _NVIDIA:
+    from gandance_jax.interop import nvidia  # pylint: disable=g-import-not-at-top
+    return getattr(nvidia, name)
+  raise AttributeError(f"module 'gandance_jax.interop' has no attribute {name!r}")
+
+
+__all__ = ["read_torch_state_dict", "load_torch_file", "write_torch_file", "InteropError",
+           "FormatError", "UnsafePickleError", *_NVIDIA]
