@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gandance_jax import interop
 from gandance_jax.evaluation import features, inception, weights
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "fid_inception"
@@ -150,19 +151,19 @@ def test_npz_roundtrip_and_hash_verification(tmp_path, golden_state):
     weights.verify_sha256_prefix(tmp_path / "state.npz")
 
 
-def test_pth_needs_torch_or_converts(tmp_path):
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    with pytest.raises(ImportError, match="convert it with"):
-      weights.load_state_dict(tmp_path / "x.pth")
-    return
+def test_pth_converts_without_torch(tmp_path):
+  """`convert` reads the .pth with gandance_jax.interop (torch.save's format, no torch)."""
   state = inception.random_state_dict(2)
   pth = tmp_path / "w.pth"
-  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pth)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pth)
+  except ImportError:
+    interop.write_torch_file(pth, state)
   weights.convert(pth, tmp_path / "w.npz", verify=False)
   np.testing.assert_array_equal(weights.load_state_dict(tmp_path / "w.npz")["fc.bias"],
                                 state["fc.bias"])
+  np.testing.assert_array_equal(weights.load_state_dict(pth)["fc.weight"], state["fc.weight"])
 
 
 # ------------------------------------------------------------------------------- preprocessing

@@ -8,8 +8,9 @@ How it is verified: as `torch.hub.download_url_to_file(..., hash_prefix=...)` do
 suffix after the last '-' in the file name (`6726825d`) must be a prefix of the sha256 of the
 file's bytes. `verify_sha256_prefix` checks it (and `convert` calls it).
 
-Reading a `.pth` needs torch. Convert it once to a plain `.npz` (numpy arrays keyed as in the
-state dict) and use that everywhere afterwards, without torch::
+The `.pth` is read without torch (`gandance_jax.interop`, a restricted unpickler that runs
+nothing from the file). Convert it once to a plain `.npz` (numpy arrays keyed as in the state
+dict), which loads faster and needs no pickle at all::
 
   python -m gandance_jax.evaluation.weights convert pt_inception-2015-12-05-6726825d.pth out.npz
 
@@ -28,6 +29,8 @@ import tempfile
 from collections.abc import Mapping
 
 import numpy as np
+
+from gandance_jax import interop
 
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
@@ -65,27 +68,9 @@ def verify_sha256_prefix(path: str | os.PathLike, prefix: str | None = None) -> 
   return digest
 
 
-def _import_torch():
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        "reading a .pth file needs PyTorch (pip install torch), once: convert it with "
-        "`python -m gandance_jax.evaluation.weights convert IN.pth OUT.npz` on a machine "
-        "that has torch, then load the .npz without torch") from e
-  return torch
-
-
 def load_pth_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a PyTorch state dict file into numpy arrays (needs torch, imported lazily)."""
-  torch = _import_torch()
-  try:
-    state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-  except TypeError:  # torch < 1.13 has no weights_only
-    state = torch.load(os.fspath(path), map_location="cpu")
-  if not isinstance(state, Mapping):
-    raise ValueError(f"{path}: expected a state dict (a mapping), got {type(state).__name__}")
-  return {k: v.detach().cpu().numpy() for k, v in state.items()}
+  """Reads a PyTorch state dict file into numpy arrays (no torch needed)."""
+  return interop.read_torch_state_dict(path)
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
@@ -110,7 +95,7 @@ def load_npz_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """A state dict from `.npz` (no torch) or `.pth`/`.pt` (needs torch)."""
+  """A state dict from `.npz` or `.pth`/`.pt` (neither needs torch)."""
   path = os.fspath(path)
   if path.endswith(".npz"):
     return load_npz_state_dict(path)
@@ -160,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
       description="FID Inception weights: convert pytorch-fid's .pth to .npz, or verify it. "
       f"Download: {FID_WEIGHTS_URL}")
   sub = parser.add_subparsers(dest="cmd", required=True)
-  c = sub.add_parser("convert", help="convert a .pth state dict to .npz (needs torch once)")
+  c = sub.add_parser("convert", help="convert a .pth state dict to .npz (no torch needed)")
   c.add_argument("pth")
   c.add_argument("npz")
   c.add_argument("--prefix", default=None,
@@ -177,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
       print(f"sha256 {digest}\nwrote {args.npz}")
     else:
       print(f"ok sha256 {verify_sha256_prefix(args.path, args.prefix)}")
-  except (ValueError, ImportError, OSError) as e:
+  except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

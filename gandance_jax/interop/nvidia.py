@@ -104,14 +104,15 @@ def _numpy_scalar(spec: Any, data: Any = None) -> Any:
   return np.frombuffer(data, spec.dtype)[0].astype(spec.dtype.newbyteorder("="))
 
 
-def _storage_from_bytes(blob: Any) -> torch_files.Storage:
+def _storage_from_bytes(blob: Any, source: str) -> torch_files.Storage:
   """torch.storage._load_from_bytes: a legacy torch file holding one storage."""
   if not isinstance(blob, bytes):
-    raise FormatError(f"_load_from_bytes of a {type(blob).__name__}, expected bytes")
-  obj, _ = torch_files.read_legacy(io.BytesIO(blob), "a storage nested in the pickle",
+    raise FormatError(f"{source}: _load_from_bytes of a {type(blob).__name__}, expected bytes")
+  obj, _ = torch_files.read_legacy(io.BytesIO(blob), f"{source} (a nested storage)",
                                    torch_files.TORCH_GLOBALS)
   if not isinstance(obj, torch_files.Storage):
-    raise FormatError(f"_load_from_bytes gave a {type(obj).__name__}, expected a storage")
+    raise FormatError(f"{source}: _load_from_bytes gave a {type(obj).__name__}, expected a "
+                      "storage")
   obj.users = 0  # counted again by the tensors of the outer pickle
   return obj
 
@@ -119,13 +120,19 @@ def _storage_from_bytes(blob: Any) -> torch_files.Storage:
 NVIDIA_GLOBALS: dict[tuple[str, str], Any] = {
     **torch_files.TORCH_GLOBALS,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    # ("torch.storage", "_load_from_bytes"): bound to the file's name in `nvidia_globals`.
     ("dnnlib.util", "EasyDict"): EasyDict,
     ("dnnlib", "EasyDict"): EasyDict,
     ("numpy", "dtype"): _DtypeSpec,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
 }
+
+
+def nvidia_globals(source: str) -> dict[tuple[str, str], Any]:
+  """The allow-list of a network snapshot `source` (errors in nested storages name it)."""
+  return {**NVIDIA_GLOBALS, ("torch.storage", "_load_from_bytes"):
+          lambda blob: _storage_from_bytes(blob, source)}
 
 
 def _plain(obj: Any) -> Any:
@@ -182,13 +189,18 @@ _DEFAULTS_ONLY = {"embed_features": None, "layer_features": None, "activation": 
 _IGNORED = ("channels_last", "fp16_channels_last", "freeze_layers", "num_fp16_res")
 
 
-def _call_kwargs(obj: PersistentObject, names: tuple[str, ...], source: str) -> dict[str, Any]:
+def _call_kwargs(obj: PersistentObject, names: tuple[str, ...], required: tuple[str, ...],
+                 source: str) -> dict[str, Any]:
   args = obj.init_args
   if len(args) > len(names):
     raise FormatError(f"{source}: {obj.class_name} was built with {len(args)} positional "
                       f"arguments, expected at most {len(names)}")
   kwargs = dict(zip(names, _plain(args)))
   kwargs.update(obj.init_kwargs)
+  for name in required:
+    if name not in kwargs:
+      raise FormatError(f"{source}: the pickled {obj.class_name} lacks its constructor "
+                        f"argument {name!r} (expected in _init_args / _init_kwargs)")
   return kwargs
 
 
@@ -201,7 +213,7 @@ def _check_supported(where: str, kwargs: Mapping[str, Any], source: str) -> None
 
 def generator_settings(obj: PersistentObject, source: str) -> dict[str, Any]:
   """Flat settings (the golden JSON names) of a pickled NVIDIA Generator."""
-  kw = _call_kwargs(obj, _G_ARGS, source)
+  kw = _call_kwargs(obj, _G_ARGS, _G_ARGS[:5], source)
   mapping = dict(kw.pop("mapping_kwargs", None) or {})
   synthesis = dict(kw.pop("synthesis_kwargs", None) or {})
   _check_supported("mapping_kwargs", mapping, source)
@@ -219,7 +231,7 @@ def generator_settings(obj: PersistentObject, source: str) -> dict[str, Any]:
 
 def discriminator_settings(obj: PersistentObject, source: str) -> dict[str, Any]:
   """Flat settings (the golden JSON names) of a pickled NVIDIA Discriminator."""
-  kw = _call_kwargs(obj, _D_ARGS, source)
+  kw = _call_kwargs(obj, _D_ARGS, _D_ARGS[:3], source)
   block = dict(kw.get("block_kwargs") or {})
   mapping = dict(kw.get("mapping_kwargs") or {})
   epilogue = dict(kw.get("epilogue_kwargs") or {})
@@ -274,11 +286,11 @@ def _read_pickle_file(path: str) -> Any:
       raise FormatError(f"{path}: a zip archive (a torch .pth or .npz?); expected a "
                         "stylegan2-ada network-snapshot pickle (for a .pth state dict use "
                         "read_torch_state_dict or load_stylegan2_torch_file)")
-    if head[:1] != b"\x80":
+    if head[:1] not in torch_files.PICKLE_STARTS:
       raise FormatError(f"{path}: not a pickle (starts with {head!r}); expected a "
                         "stylegan2-ada network-snapshot pickle")
     f.seek(0)
-    return torch_files._unpickle(f, path, NVIDIA_GLOBALS)  # pylint: disable=protected-access
+    return torch_files._unpickle(f, path, nvidia_globals(path))  # pylint: disable=protected-access
 
 
 def load_nvidia_pickle(path: str | os.PathLike) -> dict[str, Any]:
@@ -362,7 +374,7 @@ def stylegan2_torch_state_dict(module: Any, variables: Mapping[str, Any]
         v = v.T                               # [in, out] -> [out, in]
       elif last == "const" and v.ndim == 3:
         v = v.transpose(2, 0, 1)              # [H, W, C] -> [C, H, W]
-      out[key] = np.ascontiguousarray(v)
+      out[key] = np.array(v, order="C", copy=None)
   return out
 
 

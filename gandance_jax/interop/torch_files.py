@@ -41,6 +41,8 @@ from gandance_jax.interop.safe_pickle import (STDLIB_GLOBALS, FormatError, Inter
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 _ZIP_MAGIC = b"PK\x03\x04"
+# First bytes of a pickle: PROTO (protocol 2+), or a protocol 0/1 opcode that can start one.
+PICKLE_STARTS = b"\x80(cdl}]KIJNSVX"
 _STORAGE_ALIGNMENT = 64  # as torch's writer: lets torch.load(mmap=True) map the records
 
 # torch storage class -> element dtype (little-endian); 'bfloat16' is read as uint16 bits.
@@ -286,7 +288,10 @@ def _read_member(zf: zipfile.ZipFile, raw: BinaryIO, info: zipfile.ZipInfo, nbyt
 def read_legacy(f: BinaryIO, source: str, allowed: Mapping[tuple[str, str], Any]
                 ) -> tuple[Any, list[Storage]]:
   """The object of a legacy-format torch file (see the module doc) and its storages."""
-  magic = _unpickle(f, source, {})
+  try:
+    magic = _unpickle(f, source, {})
+  except UnsafePickleError:  # some other pickle with globals: the wrong kind of file
+    magic = None
   if magic != MAGIC_NUMBER:
     raise FormatError(f"{source}: a pickle that is not a torch.save file (no torch magic "
                       "number); expected a PyTorch .pth file (for a stylegan2-ada "
@@ -337,7 +342,7 @@ def load_torch_file(path: str | os.PathLike,
       raise FormatError(f"{path}: the file is empty; expected a PyTorch .pth file")
     if head == _ZIP_MAGIC:
       obj, storages = None, None
-    elif head[:1] == b"\x80" or head[:1] in b"(cK}]":
+    elif head[:1] in PICKLE_STARTS:
       f.seek(0)
       obj, storages = read_legacy(f, path, allowed)
     else:
@@ -470,7 +475,7 @@ class _PickleWriter:
     w = self.out.write
     key = str(len(self.storages))
     name = _storage_name(a.dtype)
-    data = np.ascontiguousarray(a)
+    data = np.array(a, order="C", copy=None)  # not ascontiguousarray: it makes 0-d 1-d
     if data.dtype.itemsize > 1 and data.dtype.byteorder == ">":
       data = data.astype(data.dtype.newbyteorder("<"))
     self.storages.append((key, data))
