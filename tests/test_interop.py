@@ -65,6 +65,9 @@ disc = jax.jit(lambda x: D.apply(d_vars, x.transpose(0, 2, 3, 1), labels))
 report["logits"] = max(err(disc(ref["in.x_real"]), ref["out.d_logits_real"][:, 0]),
                        err(disc(ref["out.img"]), ref["out.d_logits_fake"][:, 0]))
 report["settings"] = out["settings"]
+G_net, net_vars, net_settings = interop.load_stylegan2_generator(pkl)  # for --network=
+report["load_generator_same"] = (G_net == G and net_settings == out["settings"] and jax.tree.all(
+    jax.tree.map(np.array_equal, net_vars, g_vars)))
 report["augment_p"] = out["augment_p"]
 report["training_set_kwargs"] = out["training_set_kwargs"]
 report["torch_still_blocked"] = sys.modules.get("torch", 0) is None
@@ -82,7 +85,7 @@ def test_golden_pickle_loads_without_torch():
   lines = [l for l in proc.stdout.splitlines() if l.startswith("REPORT ")]
   assert proc.returncode == 0 and lines, proc.stderr[-3000:]
   r = json.loads(lines[-1][len("REPORT "):])
-  assert r["torch"] and r["torch_still_blocked"]
+  assert r["torch"] and r["torch_still_blocked"] and r["load_generator_same"]
   assert r["state_dicts_equal"] == {"G": True, "G_ema": True, "D": True, "augment_pipe": True}
   # The StyleGAN2 parity bounds of the issue (float32 reorderings stay far below them).
   assert r["ws"] <= 1e-4, r
@@ -248,6 +251,8 @@ def test_export_then_import_gives_the_same_networks(tmp_path):
   np.testing.assert_array_equal(gen(g2), img)
   disc = jax.jit(lambda v: D.apply(v, img, labels))
   np.testing.assert_array_equal(disc(d2), disc(d_vars))
+  G4, v4, settings = interop.load_stylegan2_generator(path)
+  assert G4 == G and same(v4, g_vars) and settings["num_ws"] == G.num_ws
   # The same dict through NVIDIA's own import path (prefix-free keys).
   g3, v3 = stylegan2.generator_from_torch_state_dict(sd, **loaded["settings"])
   assert g3 == G and same(v3, g_vars)

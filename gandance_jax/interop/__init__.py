@@ -6,7 +6,8 @@
 * `load_nvidia_pickle(path)`: a stylegan2-ada-pytorch `network-snapshot-*.pkl` as this
   project's StyleGAN2 modules and variables.
 * `export_stylegan2` / `load_stylegan2_torch_file`: StyleGAN2 G_ema (and D) as a `.pth` with
-  NVIDIA's key names and layouts, and back.
+  NVIDIA's key names and layouts, and back; `load_stylegan2_generator(path)`: G_ema from
+  either a network pickle or a `.pth`.
 
 Every pickle goes through `safe_pickle.RestrictedUnpickler`: a global outside the formats'
 allow-lists raises `UnsafePickleError` and nothing from the file is run. Importing this
@@ -18,8 +19,8 @@ from gandance_jax.interop.safe_pickle import FormatError, InteropError, UnsafePi
 from gandance_jax.interop.torch_files import (load_torch_file, read_torch_state_dict,
                                               write_torch_file)
 
-_NVIDIA = ("load_nvidia_pickle", "load_stylegan2_torch_file", "export_stylegan2",
-           "stylegan2_torch_state_dict", "stylegan2_settings")
+_NVIDIA = ("load_nvidia_pickle", "load_stylegan2_torch_file", "load_stylegan2_generator",
+           "export_stylegan2", "stylegan2_torch_state_dict", "stylegan2_settings")
 
 
 def __getattr__(name: str):

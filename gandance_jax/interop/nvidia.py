@@ -455,7 +455,31 @@ def load_stylegan2_torch_file(path: str | os.PathLike, **settings: Any) -> dict[
   return out
 
 
+def load_stylegan2_generator(path: str | os.PathLike, **settings: Any
+                             ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+  """(G_ema module, its variables, the flat settings) from a stylegan2-ada
+  `network-snapshot-*.pkl` or a StyleGAN2 `.pth` (for `--network=`): a zip or legacy torch
+  file is read as a `.pth` (settings from the file, overridden by `settings`), any other
+  pickle as a network snapshot (settings from the pickle; `settings` must not be given)."""
+  path = os.fspath(path)
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if head != b"PK\x03\x04":
+    try:
+      snap = load_nvidia_pickle(path)
+    except FormatError as e:
+      if "(found int)" not in str(e):  # the int is a legacy torch file's magic number
+        raise
+    else:
+      if settings:
+        raise ValueError(f"{path}: a network snapshot carries its settings; got {settings}")
+      return (*snap["G_ema"], snap["settings"])
+  nets = load_stylegan2_torch_file(path, **settings)
+  return (*nets["G_ema"], nets["settings"])
+
+
 __all__ = [
+    "load_stylegan2_generator",
     "load_nvidia_pickle", "load_stylegan2_torch_file", "export_stylegan2",
     "stylegan2_torch_state_dict", "stylegan2_settings", "PersistentObject", "NVIDIA_GLOBALS",
     "InteropError", "FormatError", "UnsafePickleError",
