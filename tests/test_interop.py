@@ -354,14 +354,28 @@ def _legacy_file(obj_pickle: bytes) -> bytes:
           dump({"protocol_version": 1001, "little_endian": True}) + obj_pickle + dump([]))
 
 
-def _zip_file(obj_pickle: bytes, records: dict[str, bytes] | None = None) -> bytes:
+def _zip_file(obj_pickle: bytes, records: dict[str, bytes] | None = None,
+              extra: dict[str, bytes] | None = None) -> bytes:
   buf = io.BytesIO()
   with zipfile.ZipFile(buf, "w") as zf:
     zf.writestr("archive/data.pkl", obj_pickle)
     for key, data in (records or {}).items():
       zf.writestr(f"archive/data/{key}", data)
+    for name, data in (extra or {}).items():
+      zf.writestr(f"archive/{name}", data)
     zf.writestr("archive/version", "3\n")
   return buf.getvalue()
+
+
+class _CallWithState(_Call):
+  """Pickles as `module.name(*args)` followed by BUILD(state)."""
+
+  def __init__(self, state, module, name, *args):
+    super().__init__(module, name, *args)
+    self.state = state
+
+  def __reduce__(self):
+    return self.func, self.args, self.state
 
 
 def _payloads(marker: pathlib.Path) -> dict[str, tuple[bytes, str]]:
@@ -451,6 +465,10 @@ def test_bad_tensor_metadata_is_refused(tmp_path):
       "no_record": ({"x": _tensor_call(_Pid("storage", _Global("torch", "FloatStorage"), "7",
                                             "cpu", 4), 0, (4,), (1,))}, "is missing"),
       "module_pid": ({"x": _Pid("module", None, None, None)}, "refusing persistent id"),
+      # BUILD after the checks would change a checked tensor (here: a 10^9 zero-stride view).
+      "build": ({"x": _CallWithState({"size": (10**9,), "stride": (0,)}, "torch._utils",
+                                     "_rebuild_tensor_v2", storage(4), 0, (4,), (1,), False,
+                                     {})}, "refusing to set the state of a TensorRef"),
       "not_a_storage": ({"x": _tensor_call(_Pid("storage", _Global("torch", "Tensor"), "0",
                                                 "cpu", 4), 0, (4,), (1,))},
                         "is not a torch storage class"),
@@ -464,6 +482,16 @@ def test_bad_tensor_metadata_is_refused(tmp_path):
   path = tmp_path / "good.pth"
   path.write_bytes(_zip_file(_craft({"x": _tensor_call(storage(4), 1, (2,), (2,))}), data))
   np.testing.assert_array_equal(interop.read_torch_state_dict(path)["x"], [1.0, 3.0])
+  # A file written on a big-endian machine: its byteorder record says so.
+  path.write_bytes(_zip_file(_craft({"x": _tensor_call(storage(4), 1, (2,), (2,))}),
+                             {"0": np.arange(4, dtype=">f4").tobytes()}, {"byteorder": b"big"}))
+  got = interop.read_torch_state_dict(path)["x"]
+  assert got.dtype == np.float32 and got.dtype.isnative
+  np.testing.assert_array_equal(got, [1.0, 3.0])
+  # A TorchScript archive is a different kind of file.
+  path.write_bytes(_zip_file(_craft({}), {}, {"constants.pkl": _craft(())}))
+  with pytest.raises(interop.FormatError, match="a TorchScript archive"):
+    interop.read_torch_state_dict(path)
 
 
 # ------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ import jax
 import numpy as np
 
 from gandance_jax.interop import torch_files
-from gandance_jax.interop.safe_pickle import FormatError, InteropError, UnsafePickleError
+from gandance_jax.interop.safe_pickle import (FormatError, InteropError, NoBuild,
+                                              UnsafePickleError)
 from gandance_jax.networks import stylegan2
 
 PyTree = Any
@@ -38,7 +39,7 @@ PyTree = Any
 # Replacements of the globals an NVIDIA snapshot names.
 
 
-class PersistentObject:
+class PersistentObject(NoBuild):
   """A `torch_utils.persistence` object as pickled: class name and state, nothing run.
 
   Attributes:
@@ -290,7 +291,7 @@ def _read_pickle_file(path: str) -> Any:
       raise FormatError(f"{path}: not a pickle (starts with {head!r}); expected a "
                         "stylegan2-ada network-snapshot pickle")
     f.seek(0)
-    return torch_files._unpickle(f, path, nvidia_globals(path))  # pylint: disable=protected-access
+    return torch_files.unpickle_file(f, path, nvidia_globals(path))
 
 
 def load_nvidia_pickle(path: str | os.PathLike) -> dict[str, Any]:

@@ -67,6 +67,15 @@ class RestrictedUnpickler(pickle.Unpickler):
     return self._persistent(pid)
 
 
+class NoBuild:
+  """Mixin of the records the replacements return: the BUILD opcode (setstate) would
+  overwrite their checked fields (a tensor's size after its bounds check), so it is refused."""
+
+  def __setstate__(self, state: Any) -> None:
+    raise UnsafePickleError(f"refusing to set the state of a {type(self).__name__} (BUILD): "
+                            "the formats read here never do")
+
+
 def restricted_loads(data: bytes, *, source: str, allowed: Mapping[tuple[str, str], Any],
                      persistent_load: Callable[[Any], Any] | None = None) -> Any:
   """Unpickles `data` with `RestrictedUnpickler` (see there)."""

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from gandance_jax.interop.safe_pickle import (STDLIB_GLOBALS, FormatError, InteropError,
+from gandance_jax.interop.safe_pickle import (STDLIB_GLOBALS, FormatError, InteropError, NoBuild,
                                               RestrictedUnpickler, UnsafePickleError)
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -55,7 +55,7 @@ _STORAGE_DTYPES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class StorageType:
+class StorageType(NoBuild):
   """What a pickled `torch.<Name>Storage` global resolves to: a name, never callable."""
   name: str
 
@@ -68,7 +68,7 @@ class StorageType:
     return self.name == "BFloat16Storage"
 
 
-class Storage:
+class Storage(NoBuild):
   """A torch storage: its element type and, once read, a private 1-D array of elements."""
 
   def __init__(self, storage_type: StorageType, key: str, numel: int):
@@ -78,7 +78,7 @@ class Storage:
 
 
 @dataclasses.dataclass
-class TensorRef:
+class TensorRef(NoBuild):
   """A tensor as pickled: (storage, offset, size, stride), materialised by `to_numpy`."""
   storage: Storage
   offset: int
@@ -161,7 +161,7 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Te
   return func(*args)
 
 
-class _TensorType:
+class _TensorType(NoBuild):
   """torch.Tensor / torch.nn.Parameter as the `new_type` argument above (never called)."""
 
 
@@ -206,8 +206,9 @@ def _storage_from_pid(pid: Any, storages: dict[str, Storage], source: str,
   return storage
 
 
-def _unpickle(f: BinaryIO, source: str, allowed: Mapping[tuple[str, str], Any],
-              persistent_load: Any = None) -> Any:
+def unpickle_file(f: BinaryIO, source: str, allowed: Mapping[tuple[str, str], Any],
+                  persistent_load: Any = None) -> Any:
+  """One pickle from `f` through RestrictedUnpickler; decoding errors become FormatError."""
   try:
     return RestrictedUnpickler(f, source=source, allowed=allowed,
                                persistent_load=persistent_load).load()
@@ -233,6 +234,9 @@ def _read_zip(path: str, allowed: Mapping[tuple[str, str], Any]) -> tuple[Any, l
       raise FormatError(f"{path}: a zip archive without a single '<name>/data.pkl'{kind}; "
                         "expected a PyTorch zip-format file (torch.save)")
     prefix = pkls[0][:-len("data.pkl")]
+    if prefix + "constants.pkl" in names:
+      raise FormatError(f"{path}: a TorchScript archive (torch.jit.save); expected a "
+                        "torch.save file (save the module's state_dict() instead)")
     order = "<"
     if prefix + "byteorder" in names:
       order = {b"little": "<", b"big": ">"}.get(zf.read(prefix + "byteorder"), None)
@@ -243,7 +247,7 @@ def _read_zip(path: str, allowed: Mapping[tuple[str, str], Any]) -> tuple[Any, l
       pickle_bytes = zf.read(pkls[0])
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
       raise FormatError(f"{path}: truncated or corrupt data.pkl ({e})") from None
-    obj = _unpickle(io.BytesIO(pickle_bytes), path, allowed,
+    obj = unpickle_file(io.BytesIO(pickle_bytes), path, allowed,
                     lambda pid: _storage_from_pid(pid, storages, path, legacy=False))
     for st in storages.values():
       name = f"{prefix}data/{st.key}"
@@ -289,22 +293,22 @@ def read_legacy(f: BinaryIO, source: str, allowed: Mapping[tuple[str, str], Any]
                 ) -> tuple[Any, list[Storage]]:
   """The object of a legacy-format torch file (see the module doc) and its storages."""
   try:
-    magic = _unpickle(f, source, {})
+    magic = unpickle_file(f, source, {})
   except UnsafePickleError:  # some other pickle with globals: the wrong kind of file
     magic = None
   if magic != MAGIC_NUMBER:
     raise FormatError(f"{source}: a pickle that is not a torch.save file (no torch magic "
                       "number); expected a PyTorch .pth file (for a stylegan2-ada "
                       "network-snapshot-*.pkl use load_nvidia_pickle)")
-  version = _unpickle(f, source, {})
+  version = unpickle_file(f, source, {})
   if version != PROTOCOL_VERSION:
     raise FormatError(f"{source}: torch legacy protocol version {version!r}, expected "
                       f"{PROTOCOL_VERSION}")
-  _unpickle(f, source, {})  # sys_info: the data below is little-endian whatever it says
+  unpickle_file(f, source, {})  # sys_info: the data below is little-endian whatever it says
   storages: dict[str, Storage] = {}
-  obj = _unpickle(f, source, allowed,
+  obj = unpickle_file(f, source, allowed,
                   lambda pid: _storage_from_pid(pid, storages, source, legacy=True))
-  keys = _unpickle(f, source, {})
+  keys = unpickle_file(f, source, {})
   if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(storages):
     raise FormatError(f"{source}: the storage key list does not match the storages used")
   for key in keys:
