@@ -435,6 +435,15 @@ def test_allowed_callables_with_hostile_arguments(tmp_path):
           {"type": "class", "version": 6, "class_name": "Generator", "state": {},
            "module_src": f"open({str(marker)!r}, 'w').close()\n"})}, protocol=4),
                      interop.FormatError, "Generator lacks its constructor argument 'z_dim'"),
+      "unsupported": (_craft({"G_ema": _Call(
+          "torch_utils.persistence", "_reconstruct_persistent_obj",
+          {"type": "class", "version": 6, "class_name": "Generator", "module_src": "",
+           "state": {"_init_args": (), "_init_kwargs": _Call(
+               "dnnlib.util", "EasyDict", dict(
+                   z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3,
+                   mapping_kwargs={"lr_multiplier": 1.0}))}})}, protocol=4),
+                      interop.FormatError,
+                      r"mapping_kwargs.lr_multiplier = 1.0 is not supported .*only 0.01"),
       "wrong_class": (_craft({"G_ema": _Call(
           "torch_utils.persistence", "_reconstruct_persistent_obj",
           {"type": "class", "version": 6, "class_name": "Evil", "state": {},

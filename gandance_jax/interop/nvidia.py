@@ -187,7 +187,19 @@ _D_ARGS = ("c_dim", "img_resolution", "img_channels", "architecture", "channel_b
 # accepted, anything else is refused (the import would silently compute something else).
 _DEFAULTS_ONLY = {"embed_features": None, "layer_features": None, "activation": "lrelu",
                   "lr_multiplier": 0.01, "resample_filter": [1, 3, 3, 1], "use_noise": True}
-_IGNORED = ("channels_last", "fp16_channels_last", "freeze_layers", "num_fp16_res")
+# Every option each kwargs group of NVIDIA's constructors takes; the memory-layout and
+# training-only ones (channels_last, fp16_channels_last, freeze_layers) change no output.
+_KNOWN = {
+    "G.mapping_kwargs": {"num_layers", "w_avg_beta", "embed_features", "layer_features",
+                         "activation", "lr_multiplier"},
+    "G.synthesis_kwargs": {"channel_base", "channel_max", "num_fp16_res", "conv_clamp",
+                           "architecture", "resample_filter", "use_noise", "activation",
+                           "fp16_channels_last", "channels_last"},
+    "D.block_kwargs": {"activation", "resample_filter", "fp16_channels_last", "freeze_layers"},
+    "D.mapping_kwargs": {"num_layers", "embed_features", "layer_features", "activation",
+                         "lr_multiplier"},
+    "D.epilogue_kwargs": {"mbstd_group_size", "mbstd_num_channels", "activation"},
+}
 
 
 def _call_kwargs(obj: PersistentObject, names: tuple[str, ...], required: tuple[str, ...],
@@ -198,6 +210,10 @@ def _call_kwargs(obj: PersistentObject, names: tuple[str, ...], required: tuple[
                       f"arguments, expected at most {len(names)}")
   kwargs = dict(zip(names, _plain(args)))
   kwargs.update(obj.init_kwargs)
+  unknown = sorted(set(kwargs) - set(names))
+  if unknown:
+    raise FormatError(f"{source}: the pickled {obj.class_name} has constructor arguments "
+                      f"{unknown} that stylegan2-ada's does not (another network family?)")
   for name in required:
     if name not in kwargs:
       raise FormatError(f"{source}: the pickled {obj.class_name} lacks its constructor "
@@ -207,6 +223,9 @@ def _call_kwargs(obj: PersistentObject, names: tuple[str, ...], required: tuple[
 
 def _check_supported(where: str, kwargs: Mapping[str, Any], source: str) -> None:
   for name, value in kwargs.items():
+    if name not in _KNOWN[where]:
+      raise FormatError(f"{source}: unknown option {where}.{name} = {value!r} (expected "
+                        f"one of {sorted(_KNOWN[where])})")
     if name in _DEFAULTS_ONLY and value != _DEFAULTS_ONLY[name]:
       raise FormatError(f"{source}: {where}.{name} = {value!r} is not supported by this "
                         f"project's StyleGAN2 (only {_DEFAULTS_ONLY[name]!r})")
@@ -217,8 +236,8 @@ def generator_settings(obj: PersistentObject, source: str) -> dict[str, Any]:
   kw = _call_kwargs(obj, _G_ARGS, _G_ARGS[:5], source)
   mapping = dict(kw.pop("mapping_kwargs", None) or {})
   synthesis = dict(kw.pop("synthesis_kwargs", None) or {})
-  _check_supported("mapping_kwargs", mapping, source)
-  _check_supported("synthesis_kwargs", synthesis, source)
+  _check_supported("G.mapping_kwargs", mapping, source)
+  _check_supported("G.synthesis_kwargs", synthesis, source)
   s = {k: kw[k] for k in ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels")}
   s.update(mapping_layers=mapping.get("num_layers", 8),
            w_avg_beta=mapping.get("w_avg_beta", 0.995),
@@ -236,8 +255,8 @@ def discriminator_settings(obj: PersistentObject, source: str) -> dict[str, Any]
   block = dict(kw.get("block_kwargs") or {})
   mapping = dict(kw.get("mapping_kwargs") or {})
   epilogue = dict(kw.get("epilogue_kwargs") or {})
-  for where, d in (("block_kwargs", block), ("mapping_kwargs", mapping),
-                   ("epilogue_kwargs", epilogue)):
+  for where, d in (("D.block_kwargs", block), ("D.mapping_kwargs", mapping),
+                   ("D.epilogue_kwargs", epilogue)):
     _check_supported(where, d, source)
   return dict(c_dim=kw["c_dim"], img_resolution=kw["img_resolution"],
               img_channels=kw["img_channels"], d_architecture=kw.get("architecture", "resnet"),

@@ -103,7 +103,9 @@ class TensorRef(NoBuild):
                           f"has {data.size}")
       if _is_contiguous(size, stride):
         out = data[offset:offset + numel].reshape(size)
-        if not (st.users == 1 and offset == 0 and numel == data.size):
+        if st.users == 1 and offset == 0 and numel == data.size:
+          st.users = -1  # handed out: a second call (a memoised tensor) gets a copy
+        else:
           out = out.copy()  # never alias another tensor's storage
       else:
         item = data.dtype.itemsize
@@ -212,8 +214,10 @@ def unpickle_file(f: BinaryIO, source: str, allowed: Mapping[tuple[str, str], An
   try:
     return RestrictedUnpickler(f, source=source, allowed=allowed,
                                persistent_load=persistent_load).load()
-  except InteropError:
-    raise
+  except InteropError as e:
+    if source in str(e):
+      raise
+    raise type(e)(f"{source}: {e}") from None  # raised by a replacement, which knows no file
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
           IndexError, KeyError, UnicodeDecodeError, struct.error, MemoryError) as e:
     raise FormatError(f"{source}: truncated or corrupt pickle data ({type(e).__name__}: "
@@ -355,7 +359,10 @@ def load_torch_file(path: str | os.PathLike,
   if obj is None:
     obj, storages = _read_zip(path, allowed)
   del storages
-  return materialize(obj, path)
+  try:
+    return materialize(obj, path)
+  except RecursionError:
+    raise FormatError(f"{path}: nested too deeply to be a state dict") from None
 
 
 def materialize(obj: Any, source: str) -> Any:
