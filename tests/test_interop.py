@@ -65,6 +65,12 @@ disc = jax.jit(lambda x: D.apply(d_vars, x.transpose(0, 2, 3, 1), labels))
 report["logits"] = max(err(disc(ref["in.x_real"]), ref["out.d_logits_real"][:, 0]),
                        err(disc(ref["out.img"]), ref["out.d_logits_fake"][:, 0]))
 report["settings"] = out["settings"]
+# Export is the inverse of the import: NVIDIA's own state dicts come back, bit for bit.
+report["export_inverse"] = {
+    name: (lambda a, b: sorted(a) == sorted(b) and all(
+        a[k].shape == b[k].shape and np.array_equal(a[k], b[k]) for k in a))(
+            interop.stylegan2_torch_state_dict(*out[name]), out["state_dicts"][name])
+    for name in ("G_ema", "D")}
 G_net, net_vars, net_settings = interop.load_stylegan2_generator(pkl)  # for --network=
 report["load_generator_same"] = (G_net == G and net_settings == out["settings"] and jax.tree.all(
     jax.tree.map(np.array_equal, net_vars, g_vars)))
@@ -87,6 +93,7 @@ def test_golden_pickle_loads_without_torch():
   r = json.loads(lines[-1][len("REPORT "):])
   assert r["torch"] and r["torch_still_blocked"] and r["load_generator_same"]
   assert r["state_dicts_equal"] == {"G": True, "G_ema": True, "D": True, "augment_pipe": True}
+  assert r["export_inverse"] == {"G_ema": True, "D": True}
   # The StyleGAN2 parity bounds of the issue (float32 reorderings stay far below them).
   assert r["ws"] <= 1e-4, r
   assert r["img"] <= 1e-3 and r["img_G"] <= 1e-3 and r["logits"] <= 1e-3, r
