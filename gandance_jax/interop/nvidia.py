@@ -29,11 +29,8 @@ import jax
 import numpy as np
 
 from gandance_jax.interop import torch_files
-from gandance_jax.interop.safe_pickle import (FormatError, InteropError, NoBuild,
-                                              UnsafePickleError)
+from gandance_jax.interop.safe_pickle import FormatError, NoBuild, UnsafePickleError
 from gandance_jax.networks import stylegan2
-
-PyTree = Any
 
 # ------------------------------------------------------------------------------------------
 # Replacements of the globals an NVIDIA snapshot names.
@@ -499,8 +496,7 @@ def load_stylegan2_generator(path: str | os.PathLike, **settings: Any
 
 
 __all__ = [
-    "load_stylegan2_generator",
-    "load_nvidia_pickle", "load_stylegan2_torch_file", "export_stylegan2",
-    "stylegan2_torch_state_dict", "stylegan2_settings", "PersistentObject", "NVIDIA_GLOBALS",
-    "InteropError", "FormatError", "UnsafePickleError",
+    "load_nvidia_pickle", "load_stylegan2_torch_file", "load_stylegan2_generator",
+    "export_stylegan2", "stylegan2_torch_state_dict", "stylegan2_settings", "PersistentObject",
+    "NVIDIA_GLOBALS", "nvidia_globals",
 ]
