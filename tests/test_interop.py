@@ -494,6 +494,15 @@ def test_bad_tensor_metadata_is_refused(tmp_path):
     path.write_bytes(_zip_file(_craft(obj), data))
     with pytest.raises(interop.InteropError, match=match):
       interop.read_torch_state_dict(path)
+  # Legacy format: an element count of 10^12 in the data section, checked before allocating.
+  legacy_pid = _Pid("storage", _Global("torch", "FloatStorage"), "0", "cpu", 10**12, None)
+  path = tmp_path / "huge_legacy.pth"
+  no_keys = pickle.dumps([], protocol=2)  # _legacy_file's storage key list, replaced
+  path.write_bytes(
+      _legacy_file(_craft({"x": _tensor_call(legacy_pid, 0, (2,), (1,))}))[:-len(no_keys)] +
+      pickle.dumps(["0"], protocol=2) + struct.pack("<q", 10**12) + b"\0" * 16)
+  with pytest.raises(interop.FormatError, match=r"truncated data of storage '0' \(16 of "):
+    interop.read_torch_state_dict(path)
   # The same pickle with good metadata reads, so the cases above fail for their reason.
   path = tmp_path / "good.pth"
   path.write_bytes(_zip_file(_craft({"x": _tensor_call(storage(4), 1, (2,), (2,))}), data))

@@ -324,7 +324,14 @@ def read_legacy(f: BinaryIO, source: str, allowed: Mapping[tuple[str, str], Any]
     if numel != st.numel:
       raise FormatError(f"{source}: storage {key!r} has {numel} elements in the data, "
                         f"{st.numel} in the pickle")
-    buf = np.empty(numel * st.type.dtype.itemsize, np.uint8)
+    nbytes = numel * st.type.dtype.itemsize
+    pos = f.tell()
+    remaining = f.seek(0, io.SEEK_END) - pos
+    f.seek(pos)
+    if nbytes > remaining:  # checked before allocating: the count comes from the file
+      raise FormatError(f"{source}: truncated data of storage {key!r} ({remaining} of "
+                        f"{nbytes} bytes)")
+    buf = np.empty(nbytes, np.uint8)
     got = f.readinto(memoryview(buf))
     if got != buf.size:
       raise FormatError(f"{source}: truncated data of storage {key!r} ({got} of "
