@@ -198,6 +198,14 @@ def test_classifier_heldout_accuracy_and_cache(trained):
   assert acc2 == acc
   np.testing.assert_array_equal(again["params"]["fc2"]["kernel"],
                                 variables["params"]["fc2"]["kernel"])
+  # A cache made from other data (e.g. before a change of the rendering) is not used.
+  assert dc._read_cache(path, 16) is not None
+  with np.load(path) as f:
+    arrays = {k: f[k] for k in f.files}
+  arrays["meta.data_sha256"] = np.array("0" * 64)
+  stale = path.with_name("stale.npz")
+  np.savez(stale, **arrays)
+  assert dc._read_cache(stale, 16) is None
 
 
 def test_classifier_split_is_by_source(trained):

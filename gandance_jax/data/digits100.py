@@ -26,7 +26,7 @@ the digit 0 in the ten styles and `label // 10` is the digit.
 Rendering (a deterministic function of `seed`, numpy only, about a second):
 1. ink: the 8x8 intensities / 16 in [0, 1], resampled bilinearly (half-pixel centres, zero
    ink outside the 8x8 box) onto a 4x supersampled grid of the output resolution R; the
-   slanted style shears the sampling grid (x += SLANT * (y - centre), a forward slant); the
+   slanted style shears it (row y moves right by SLANT * (centre - y): a forward slant); the
    bold style dilates the ink with a max over a disc of radius BOLD_RADIUS (in 16x16 pixels);
    then 4x4 box-averaged down to R x R (antialiasing).
 2. colour: pixel = paper + ink * (ink_colour - paper), where both colours of each image get a
@@ -53,6 +53,7 @@ Data pipeline registration (one line in `pipeline.make_source`, plus 'digits100'
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ STYLES: tuple[tuple[str, tuple[int, int, int], tuple[int, int, int], str], ...] 
 )
 STROKES = ("normal", "bold", "slanted")
 # The deliberately confusable style pairs: same colours and another stroke (0-1, 2-4), or the
-# same stroke and one colour moved by 60-70 on one or two channels (2-3, 5-6, 7-8).
+# same stroke and one colour moved by 60-80 on one or two channels (2-3, 5-6, 7-8).
 CLOSE_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (2, 3), (2, 4), (5, 6), (7, 8))
 STYLE_NAMES = tuple(s[0] for s in STYLES)
 CLASS_NAMES = tuple(f"{d} {STYLE_NAMES[t]}" for d in range(NUM_DIGITS) for t in range(NUM_STYLES))
@@ -94,21 +95,21 @@ _KEEP_TAG = 0x4B454550  # 'KEEP'
 _RANK_SEED = 0x52414E4B  # 'RANK': the fixed class ranking of the imbalanced variant
 
 
-def _int_or_array(x: np.ndarray):
+def _int_or_array(x: np.ndarray) -> int | np.ndarray:
   return int(x) if x.ndim == 0 else x
 
 
-def label_of(digit, style):
+def label_of(digit: int | np.ndarray, style: int | np.ndarray) -> int | np.ndarray:
   """Class label(s) of digit(s) in style(s): digit * 10 + style (an int, or an int array)."""
   return _int_or_array(np.asarray(digit) * NUM_STYLES + np.asarray(style))
 
 
-def digit_of(label):
+def digit_of(label: int | np.ndarray) -> int | np.ndarray:
   """The digit (0..9) of class label(s): label // 10 (an int, or an int array)."""
   return _int_or_array(np.asarray(label) // NUM_STYLES)
 
 
-def style_of(label):
+def style_of(label: int | np.ndarray) -> int | np.ndarray:
   """The style id (0..9, an index into STYLES) of class label(s): label % 10."""
   return _int_or_array(np.asarray(label) % NUM_STYLES)
 
@@ -163,8 +164,9 @@ def _ink(ink8: np.ndarray, resolution: int, stroke: str) -> np.ndarray:
   grid = (np.arange(hi, dtype=np.float64) + 0.5) * (8.0 / hi) - 0.5
   w_rows = _bilinear_weights(grid)  # [hi, 8]
   if stroke == "slanted":
-    # Forward slant: the top moves right, the bottom left, the centre row stays.
-    xs = grid[None, :] - SLANT * (grid[:, None] - 3.5)  # [hi (y), hi (x)] source x
+    # Forward slant ('/'): row y shows the source shifted right by SLANT * (centre - y), so
+    # the top moves right, the bottom left and the centre row stays.
+    xs = grid[None, :] + SLANT * (grid[:, None] - 3.5)  # [hi (y), hi (x)] source x
   else:
     xs = np.broadcast_to(grid[None, :], (hi, hi))
   w_cols = _bilinear_weights(xs)  # [hi (y), hi (x), 8]
@@ -184,7 +186,7 @@ def _ink(ink8: np.ndarray, resolution: int, stroke: str) -> np.ndarray:
   return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def render(source_indices, styles, *, resolution: int = DEFAULT_RESOLUTION,
+def render(source_indices: np.ndarray, styles: np.ndarray, *, resolution: int = DEFAULT_RESOLUTION,
            seed: int = 0) -> np.ndarray:
   """uint8 [M, R, R, 3]: source images `source_indices` [M] rendered in `styles` [M].
 
@@ -222,7 +224,8 @@ def render(source_indices, styles, *, resolution: int = DEFAULT_RESOLUTION,
   return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def check_seed(seed) -> int:
+def check_seed(seed: int) -> int:
+  """`seed` as an int if it is a non-negative int, else ValueError naming it."""
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"digits100 seed must be a non-negative int, got {seed!r}")
   return int(seed)
@@ -302,7 +305,7 @@ def source_and_style(seed: int = 0, imbalance: float = 1.0) -> tuple[np.ndarray,
 
 
 def make_source(resolution: int = DEFAULT_RESOLUTION, *, xflip: bool = False, seed: int = 0,
-                imbalance: float = 1.0, render_seed: int = 0):
+                imbalance: float = 1.0, render_seed: int = 0) -> Any:
   """The data-pipeline source (`pipeline.ArraySource`, name 'digits100', 100 classes).
 
   `seed` (the config's data.seed) orders the batches, as for every source; the images are

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import pathlib
@@ -200,10 +201,19 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
 _ACC_KEYS = ("digit", "style", "label")
 
 
+def data_digest(resolution: int = 16) -> str:
+  """sha256 of the training data (images and labels): a cache made from other data is stale."""
+  images, labels = digits100.load_digits100(resolution, seed=0)
+  h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+  h.update(np.ascontiguousarray(labels).tobytes())
+  return h.hexdigest()
+
+
 def _read_cache(path: pathlib.Path, resolution: int) -> tuple[dict[str, Any], Accuracies] | None:
   try:
     with np.load(path, allow_pickle=False) as f:
-      if int(f["meta.version"]) != VERSION or int(f["meta.resolution"]) != resolution:
+      if (int(f["meta.version"]) != VERSION or int(f["meta.resolution"]) != resolution or
+          str(f["meta.data_sha256"]) != data_digest(resolution)):
         return None
       acc = Accuracies(*(float(f[f"meta.heldout_{k}_accuracy"]) for k in _ACC_KEYS))
       flat = {k: f[k] for k in f.files if not k.startswith("meta.")}
@@ -228,7 +238,8 @@ def _load_or_train(resolution: int, path: str) -> tuple[dict[str, Any], Accuraci
   logging.info("digits100 classifier r%d trained: held-out accuracy digit %.4f style %.4f "
                "class %.4f", resolution, acc.digit, acc.style, acc.label)
   arrays = _flatten(variables)
-  arrays.update({"meta.version": np.array(VERSION), "meta.resolution": np.array(resolution)})
+  arrays.update({"meta.version": np.array(VERSION), "meta.resolution": np.array(resolution),
+                 "meta.data_sha256": np.array(data_digest(resolution))})
   arrays.update({f"meta.heldout_{k}_accuracy": np.array(getattr(acc, k)) for k in _ACC_KEYS})
   try:
     weights.save_npz_atomic(path, arrays)
