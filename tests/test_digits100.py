@@ -1,5 +1,6 @@
 """digits100 (10 digits x 10 styles): determinism, class layout, styles, and its classifier."""
 
+import fcntl
 import hashlib
 import itertools
 import os
@@ -172,12 +173,24 @@ def test_style_grid_rows_are_digits_columns_styles():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """Trains once into a fresh cache folder, so the test never depends on ~/.cache."""
+  """Trains once into a fresh cache folder, so the test never depends on ~/.cache.
+
+  Under pytest-xdist the folder is shared by this run's workers (their base temp folders
+  share a parent) and a file lock lets the first train while the others wait and read its
+  file: one training per run, not one per worker that draws a classifier test.
+  """
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  cache = root / "digits100_classifier_cache"
+  cache.mkdir(exist_ok=True)
   old = os.environ.get("GANDANCE_CACHE")
-  os.environ["GANDANCE_CACHE"] = str(tmp_path_factory.mktemp("gandance_cache"))
+  os.environ["GANDANCE_CACHE"] = str(cache)
   dc._load_or_train.cache_clear()
   try:
-    yield dc.load_or_train(16)
+    with open(root / "digits100_classifier.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      result = dc.load_or_train(16)
+    yield result
   finally:
     dc._load_or_train.cache_clear()
     if old is None:
