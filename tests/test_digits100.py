@@ -115,6 +115,16 @@ def test_bad_arguments_are_named(kwargs, match):
     d100.load_digits100(**kwargs)
 
 
+def test_render_other_resolutions_and_bad_ids():
+  for res in (8, 32):
+    images = d100.render([0, 1, 2], [0, 1, 4], resolution=res)
+    assert images.shape == (3, res, res, 3) and images.dtype == np.uint8
+  with pytest.raises(ValueError, match=r"styles must be in \[0, 10\), got range \[0, 10\]"):
+    d100.render([0, 1], [0, 10])
+  with pytest.raises(ValueError, match=r"source_indices must be in \[0, 1797\)"):
+    d100.render([1797], [0])
+
+
 def test_styles_distinct_with_intended_close_pairs():
   groups = _style_groups()
   assert sorted(map(sorted, groups)) == [[0, 1], [2, 3, 4], [5, 6], [7, 8], [9]]
