@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 import pathlib
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 import optax
 
 from gandance_jax.data import digits100
+from gandance_jax.evaluation import digits_classifier
 from gandance_jax.evaluation import features as features_lib
 from gandance_jax.evaluation import weights
 
@@ -174,28 +174,14 @@ def _predict(model: nn.Module, variables: Any, images: np.ndarray,
   return np.concatenate(out)
 
 
-def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("GANDANCE_CACHE", "~/.cache/gandance_jax")).expanduser()
-
-
 def cache_path(resolution: int = 16) -> pathlib.Path:
-  return cache_dir() / f"digits100_classifier_r{resolution}_v{VERSION}.npz"
+  """The cache file, beside the digits classifier's (`$GANDANCE_CACHE`)."""
+  return digits_classifier.cache_dir() / f"digits100_classifier_r{resolution}_v{VERSION}.npz"
 
 
-def _flatten(variables: dict[str, Any]) -> dict[str, np.ndarray]:
-  flat = jax.tree_util.tree_flatten_with_path(variables)[0]
-  return {"/".join(k.key for k in path): np.asarray(v) for path, v in flat}
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for name, v in flat.items():
-    node = out
-    *parents, leaf = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(v)
-  return out
+# The '/'-joined flat layout of the digits classifier's cache files (one format for both).
+_flatten = digits_classifier._flatten  # pylint: disable=protected-access
+_unflatten = digits_classifier._unflatten  # pylint: disable=protected-access
 
 
 _ACC_KEYS = ("digit", "style", "label")
