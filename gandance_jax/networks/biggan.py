@@ -57,7 +57,9 @@ whole z feeds the linear layer and every block sees y alone: row 0 is [y, z] and
 the same in w_c and w_oppo, ``w_oppo + s (w_c - w_oppo)`` row-wise leaves them unchanged and
 acts exactly as Alg. 2 / Alg. 3 on y: the mean of y over the opposite set (the mapping is linear
 in the one-hot label, so vmapping it like StyleGAN2's is the mean of the embedding rows) or the
-empty class's y. A [num_ws] layer-wise scale is per slot; ``ws_resolutions()`` gives
+empty class's y. (In floating point the z part of a training-free ``w_oppo`` is a float
+mean of identical copies of z, which may differ from z by an ulp or two; with the empty class
+it is exact.) A [num_ws] layer-wise scale is per slot; ``ws_resolutions()`` gives
 ``bottom_width`` for row 0 and each block's output resolution for the others.
 
 Truncation: BigGAN's truncation trick samples z from a normal truncated to [-t, t]. There is
@@ -556,7 +558,7 @@ class Generator(ConditionalLabels, nn.Module):
     `truncation_psi` must be 1: BigGAN has no w_avg.
     """
     del broadcast
-    if not (isinstance(truncation_psi, (int, float)) and float(truncation_psi) == 1.0):
+    if isinstance(truncation_psi, jax.core.Tracer) or np.any(np.asarray(truncation_psi) != 1):
       raise ValueError(f"truncation_psi must be 1 for BigGAN (no w_avg; its truncation is on "
                        f"z, the `truncation` threshold), got {truncation_psi!r}")
     if z.ndim != 2 or z.shape[1] != self.z_dim:

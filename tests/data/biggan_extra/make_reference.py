@@ -38,23 +38,23 @@ import torch
 SETTINGS = {
     # res 64, hier with dim_z 19 over 5 slots (chunk 3, 4 dims dropped), shared_dim 8 !=
     # chunk, 6 real classes + the empty one (n_classes counts it), 2 SVs and 2 power steps
-    # (train mode then differs from eval), non-default eps, attention at 32 in G, 8 in D;
-    # gradients of a few weights (spectral norm's sigma carries W's gradient).
+    # (train mode then differs from eval), non-default eps, attention at 32 in G, 8 in D.
     "res64_hier_empty": dict(
         constructor=dict(resolution=64, G_ch=2, D_ch=2, dim_z=19, shared_dim=8, n_classes=7,
                          empty_class=True, G_attn="32", D_attn="8", hier=True, G_shared=True,
                          bottom_width=4, num_G_SVs=2, num_G_SV_itrs=2, num_D_SVs=2,
                          num_D_SV_itrs=2, BN_eps=1e-4, SN_eps=1e-8, D_wide=True,
                          G_init="ortho", D_init="ortho"),
-        batch=2, labels=[6, 5], grads=True),
+        batch=2, labels=[6, 5]),
     # res 32 without hier (every block sees y alone, the whole z feeds the linear layer),
-    # shared_dim 0 (= dim_z), attention at 32 in G, none in D, skinny D (D_wide False).
+    # shared_dim 0 (= dim_z), attention at 32 in G, none in D, skinny D (D_wide False);
+    # gradients of a few weights (spectral norm's sigma carries W's gradient).
     "res32_flat_skinny": dict(
         constructor=dict(resolution=32, G_ch=4, D_ch=4, dim_z=12, shared_dim=0, n_classes=5,
                          G_attn="32", D_attn="0", hier=False, G_shared=True, bottom_width=4,
                          num_G_SVs=1, num_G_SV_itrs=1, num_D_SVs=1, num_D_SV_itrs=1,
                          BN_eps=1e-5, SN_eps=1e-6, D_wide=False, G_init="N02", D_init="N02"),
-        batch=4, labels=[4, 1, 3, 0]),
+        batch=4, labels=[4, 1, 3, 0], grads=True),
     # res 128, the ImageNet table, at width 1 (attention where it has >= 8 channels); one
     # sample to keep the file small (train-mode BN then averages over H, W only).
     "res128_hier": dict(
