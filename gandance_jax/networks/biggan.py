@@ -292,8 +292,9 @@ class SNConv2d(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     k, cin = self.kernel_size, x.shape[-1]
     torch_shape = (self.features, cin, k, k)
-    weight = self.param("weight", _torch_weight_init(
-        self.weight_init, torch_shape, lambda w: w.transpose(2, 3, 1, 0)), (k, k, cin, self.features))
+    to_hwio = lambda w: w.transpose(2, 3, 1, 0)
+    weight = self.param("weight", _torch_weight_init(self.weight_init, torch_shape, to_hwio),
+                        (k, k, cin, self.features))
     # The reference's W.view(out, -1): [out, in * kh * kw] in torch's order.
     w_mat = weight.transpose(3, 2, 0, 1).reshape(self.features, -1)
     sigma = _spectral_sigma(self, w_mat, self.num_svs, self.num_itrs, self.eps, train)
@@ -466,7 +467,7 @@ class Generator(ConditionalLabels, nn.Module):
   shared_dim: int = 0                 # Shared class-embedding size, 0 = dim_z.
   hier: bool = False                  # Hierarchical z (one chunk per block)?
   bottom_width: int = 4               # Spatial size after the first linear layer.
-  attention: str | Sequence[int] = "64"  # Attention after blocks at these resolutions.
+  attention: str | tuple[int, ...] = "64"  # Attention after blocks at these resolutions.
   num_svs: int = 1                    # Singular vectors tracked per SN layer (num_G_SVs).
   num_sv_itrs: int = 1                # Power-iteration steps per forward (num_G_SV_itrs).
   bn_eps: float = 1e-5                # Conditional-BN epsilon (BN_eps).
@@ -576,7 +577,7 @@ class Generator(ConditionalLabels, nn.Module):
       raise ValueError(f"truncation must be a finite threshold >= 0, got {t!r}")
     if isinstance(t, jax.core.Tracer) or t > 0:
       z = truncate_normal(z, t)
-    y = self._shared(labels)
+    y = self.shared(labels)
     b = z.shape[0]
     if self.hier:
       chunks = z.reshape(b, self.num_slots, self.z_chunk_size)
@@ -596,9 +597,6 @@ class Generator(ConditionalLabels, nn.Module):
         z0_width=self.z_chunk_size if self.hier else self.dim_z,
         bottom_width=self.bottom_width, sn=self._sn(), bn_eps=self.bn_eps,
         axis_name=self.axis_name)
-
-  def _shared(self, labels: Array) -> Array:
-    return self.shared(labels)
 
   def synthesis(self, ws: Array, train: bool = False, noise_mode: str = "const") -> Array:
     """ws [B, num_ws, w_dim] -> images [B, R, R, 3] in [-1, 1]. `noise_mode` is accepted
@@ -667,7 +665,7 @@ class Discriminator(ConditionalLabels, nn.Module):
   resolution: int = 128               # Input resolution: 32, 64, 128 or 256 (D_arch).
   ch: int = 64                        # Channel multiplier (D_ch).
   wide: bool = True                   # Hidden channels = out (BigGAN) or in (SN-GAN) (D_wide).
-  attention: str | Sequence[int] = "64"  # Attention after blocks at these table resolutions.
+  attention: str | tuple[int, ...] = "64"  # Attention after blocks at these table resolutions.
   img_channels: int = 3               # Input colour channels.
   num_svs: int = 1                    # num_D_SVs.
   num_sv_itrs: int = 1                # num_D_SV_itrs.
@@ -844,9 +842,9 @@ def variables_from_torch_state_dict(module: Generator | Discriminator,
   unexpected = sorted(set(state) - set(flat_t))
   if missing or unexpected:
     more = lambda keys: f"{keys[:10]}{' ...' if len(keys) > 10 else ''}"
-    raise ValueError(f"BigGAN {name} state dict does not match these settings "
-                     f"({module.resolution=}, {module.ch=}, {module.attention=}): missing keys "
-                     f"{more(missing)}; unexpected keys {more(unexpected)}")
+    raise ValueError(f"BigGAN {name} state dict does not match these settings (resolution="
+                     f"{module.resolution}, ch={module.ch}, attention={module.attention!r}): "
+                     f"missing keys {more(missing)}; unexpected keys {more(unexpected)}")
   out: dict[str, dict[tuple[str, ...], Any]] = {}
   for key, (col, path, leaf) in flat_t.items():
     value = np.asarray(state[key])
