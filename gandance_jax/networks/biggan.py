@@ -218,7 +218,8 @@ def _spectral_sigma(mod: nn.Module, w_mat: Array, num_svs: int, num_itrs: int, e
   w_fixed = jax.lax.stop_gradient(w_mat)
   us = [jax.lax.stop_gradient(u.value) for u in u_vars]
   svs: list[Array] = []
-  for _ in range(num_itrs):
+  # Eval mode repeats the same step from the stored u num_itrs times: one is the same result.
+  for _ in range(num_itrs if train else 1):
     vs: list[Array] = []
     new_us: list[Array] = []
     svs = []
@@ -235,8 +236,7 @@ def _spectral_sigma(mod: nn.Module, w_mat: Array, num_svs: int, num_itrs: int, e
       new_us.append(u)
       # Gradient flows through W here (not through u, v), as in the reference.
       svs.append(jnp.squeeze((v @ w_mat.T) @ u.T))
-    if train:  # Eval mode repeats the same step from the stored u.
-      us = new_us
+    us = new_us
   if train and mod.is_mutable_collection(STATS) and not mod.is_initializing():
     for u_var, sv_var, u, sv in zip(u_vars, sv_vars, us, svs):
       u_var.value = u
