@@ -67,7 +67,10 @@ no ``w_avg`` (``w_avg_beta`` is None, so the sampler refuses ``truncation_psi !=
 message): instead ``mapping`` takes the standard-normal z every sampler draws and, with a
 threshold ``truncation = t > 0`` (module field, or the ``truncation=`` keyword), maps it
 through ``Phi^-1(Phi(-t) + (1 - 2 Phi(-t)) Phi(z))``, which turns N(0, 1) into exactly that
-truncated normal, elementwise. ``truncation = 0`` (default) is no truncation.
+truncated normal, elementwise. ``truncation = 0`` (default) is no truncation. A sampler
+config's truncation threshold therefore goes into the module it drives, e.g.
+``guidance.make_sampler(G.clone(truncation=0.5), mode='learned', scale=1.3)``; guidance then
+acts on the truncated z's rows exactly as without truncation.
 """
 
 from __future__ import annotations
