@@ -25,6 +25,8 @@ Two deliberate differences, both invisible in distribution:
     image is padded by its own margin (the result the reference gives for a batch of one),
     so an image never depends on its neighbours; shapes stay static by reflect-padding a
     (3H - 2) x (3W - 2) canvas and zeroing what lies outside the image's own margin.
+    (Cost: each image up-samples that whole canvas, ~36 H W C floats; the reference's batch
+    margin is as large whenever one image of the batch zooms out or rotates far.)
   * An image none of whose geometric (colour, filter) gates fired skips that block and comes
     back bit for bit; the reference sends the whole batch through the up/down-sampling,
     which is the identity only up to float rounding (sym6 is orthogonal). So p = 0 is the
@@ -589,10 +591,11 @@ def augment(key: Array, images: Array, p: Array | float, spec: AugmentSpec) -> A
   p = jax.lax.stop_gradient(jnp.asarray(p, jnp.float32))
 
   def one(image_key: Array, image: Array) -> Array:
-    params = draw_params(image_key, p, spec, (height, width, channels))
+    key_params, key_noise = jax.random.split(image_key)
+    params = draw_params(key_params, p, spec, (height, width, channels))
     noise = None
     if spec.noise > 0:
-      noise = jax.random.normal(jax.random.fold_in(image_key, 1), image.shape, jnp.float32)
+      noise = jax.random.normal(key_noise, image.shape, jnp.float32)
     return apply_params(image.astype(jnp.float32), params, spec, noise).astype(image.dtype)
 
   # p = 0 (ADA's start) fires no gate: skip the work for the whole batch.
