@@ -390,37 +390,33 @@ def geometric_margins(g_inv: Array, height: int, width: int) -> Array:
   return jnp.ceil(margin).astype(jnp.int32)
 
 
-def _depthwise_1d(x: Array, taps: Array, axis: int, stride: int = 1,
-                  padding: tuple[int, int] = (0, 0), dilation: int = 1) -> Array:
-  """Correlation of every channel of x [H, W, C] with taps [T] along axis 0 or 1 (one XLA
-  convolution; float32 precision so that GPUs do not round to TF32)."""
-  channels = x.shape[-1]
-  shape = (len(taps), 1) if axis == 0 else (1, len(taps))
-  kernel = jnp.broadcast_to(jnp.reshape(taps, shape + (1, 1)), shape + (1, channels))
-  pads = [padding, (0, 0)] if axis == 0 else [(0, 0), padding]
-  strides = (stride, 1) if axis == 0 else (1, stride)
-  dilations = (dilation, 1) if axis == 0 else (1, dilation)
-  out = jax.lax.conv_general_dilated(
-      x[None], kernel.astype(x.dtype), window_strides=strides, padding=pads,
-      lhs_dilation=dilations, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=channels, precision=jax.lax.Precision.HIGHEST)
-  return out[0]
+# The FIR filters are applied as banded matrices (one matmul per axis): XLA's CPU depthwise
+# convolutions are ~20x slower than these products at the project's sizes (<= 64 px). The
+# cost is O(size^3) per image, so very large images would want a convolution instead.
+
+def _along(matrix: Array | np.ndarray, x: Array, axis: int) -> Array:
+  """matrix [M, N] applied along axis 0 or 1 of x [H, W, C] (N = x.shape[axis])."""
+  matrix = jnp.asarray(matrix, jnp.float32)
+  spec = "mh,hwc->mwc" if axis == 0 else "mw,hwc->hmc"
+  return jnp.einsum(spec, matrix, x, precision=jax.lax.Precision.HIGHEST)
 
 
-def _upsample2x(x: Array, axis: int) -> Array:
-  """upfirdn2d.upsample2d along one axis: zeros between samples (lhs dilation), padding
-  6 / 5 (+1 for the trailing zero), convolution with the sym6 low-pass at gain 2: N -> 2N."""
+def _upsample_matrix(n: int) -> np.ndarray:
+  """[2N, N] upfirdn2d.upsample2d along one axis: zeros between samples, padding 6 / 5,
+  convolution with the sym6 low-pass at gain 2: out[q] = sum_k 2 f[q + 5 - 2k] x[k]."""
   taps = len(GEOM_FILTER)
-  flipped = jnp.asarray(GEOM_FILTER[::-1] * 2, jnp.float32)        # convolution
-  return _depthwise_1d(x, flipped, axis, padding=((taps + 1) // 2, (taps - 2) // 2 + 1),
-                       dilation=2)
+  q, k = np.arange(2 * n)[:, None], np.arange(n)[None, :]
+  j = q + (taps + 1) // 2 - 1 - 2 * k
+  return np.where((j >= 0) & (j < taps), 2 * GEOM_FILTER[np.clip(j, 0, taps - 1)], 0.0)
 
 
-def _downsample2x(x: Array, axis: int, n_out: int) -> Array:
-  """upfirdn2d.downsample2d(flip_filter=True, padding=-2 * HZ_PAD) along one axis:
-  out[k] = sum_j f[j] x[2k + 1 + j], k < n_out."""
-  x = jax.lax.slice_in_dim(x, 1, 1 + 2 * n_out - 2 + len(GEOM_FILTER), axis=axis)
-  return _depthwise_1d(x, jnp.asarray(GEOM_FILTER, jnp.float32), axis, stride=2)
+def _downsample_matrix(n_out: int, n_in: int) -> np.ndarray:
+  """[n_out, n_in] upfirdn2d.downsample2d(flip_filter=True, padding=-2 * HZ_PAD) along one
+  axis (crop 1, correlate with f, keep every 2nd): out[k] = sum_j f[j] x[2k + 1 + j]."""
+  taps = len(GEOM_FILTER)
+  k, i = np.arange(n_out)[:, None], np.arange(n_in)[None, :]
+  j = i - 2 * k - 1
+  return np.where((j >= 0) & (j < taps), GEOM_FILTER[np.clip(j, 0, taps - 1)], 0.0)
 
 
 def warp(image: Array, g_inv: Array) -> Array:
@@ -444,7 +440,8 @@ def warp(image: Array, g_inv: Array) -> Array:
   keep = (((rows >= -y0) & (rows < height + y1))[:, None] &
           ((cols >= -x0) & (cols < width + x1))[None, :])
   canvas = jnp.where(keep[..., None], canvas, 0)
-  up = _upsample2x(_upsample2x(canvas, 0), 1)                      # [6H - 4, 6W - 4, C]
+  up = _along(_upsample_matrix(canvas.shape[0]), canvas, 0)
+  up = _along(_upsample_matrix(canvas.shape[1]), up, 1)            # [6H - 4, 6W - 4, C]
   # The reference's up-sampled image has 2x its padded size; zero the filter tails beyond.
   rows_up = jnp.arange(up.shape[0]) - 2 * (height - 1)
   cols_up = jnp.arange(up.shape[1]) - 2 * (width - 1)
@@ -464,7 +461,8 @@ def warp(image: Array, g_inv: Array) -> Array:
   sx = g_up[0, 0] * vx + g_up[0, 1] * vy + g_up[0, 2] + (up.shape[1] - 1) / 2
   sy = g_up[1, 0] * vx + g_up[1, 1] * vy + g_up[1, 2] + (up.shape[0] - 1) / 2
   sampled = _bilinear_zeros(up, sx, sy)                           # [out_h, out_w, C]
-  return _downsample2x(_downsample2x(sampled, 0, height), 1, width)
+  sampled = _along(_downsample_matrix(height, out_h), sampled, 0)
+  return _along(_downsample_matrix(width, out_w), sampled, 1)
 
 
 def _bilinear_zeros(image: Array, sx: Array, sy: Array) -> Array:
@@ -508,11 +506,24 @@ def filter_taps(band_gains: Array) -> Array:
   return _dot(g, jnp.asarray(_FILTER_BANK, jnp.float32))
 
 
+def _reflect_filter_matrix(taps: Array, n: int) -> Array:
+  """[N, N]: reflect padding by T // 2 then correlation with taps [T], along one axis."""
+  half = taps.shape[0] // 2
+  # Static: which input sample each padded position reflects (numpy's 'reflect').
+  source = np.pad(np.arange(n), half, mode="reflect")              # [N + 2 half]
+  reflect = np.eye(n)[source]                                      # [N + 2 half, N]
+  i, j = np.arange(n)[:, None], np.arange(n + 2 * half)[None, :]
+  offset = j - i
+  valid = (offset >= 0) & (offset < taps.shape[0])
+  band = jnp.where(valid, taps[np.clip(offset, 0, taps.shape[0] - 1)], 0)
+  return _dot(band, jnp.asarray(reflect, jnp.float32))
+
+
 def apply_filter(image: Array, taps: Array) -> Array:
   """Separable filtering of one image [H, W, C] by taps [T] with reflect padding T // 2."""
-  half = taps.shape[0] // 2
-  x = jnp.pad(image, ((half, half), (half, half), (0, 0)), mode="reflect")
-  return _depthwise_1d(_depthwise_1d(x, taps, 1), taps, 0)
+  height, width, _ = image.shape
+  x = _along(_reflect_filter_matrix(taps, width), image, 1)
+  return _along(_reflect_filter_matrix(taps, height), x, 0)
 
 
 def apply_cutout(image: Array, size: Array, center: Array) -> Array:
