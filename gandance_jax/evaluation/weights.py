@@ -28,6 +28,9 @@ import tempfile
 from collections.abc import Mapping
 
 import numpy as np
+from gandance_jax.evaluation import features as features_lib
+from gandance_jax.evaluation import inception
+
 
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
@@ -148,7 +151,6 @@ def convert(pth_path: str | os.PathLike, npz_path: str | os.PathLike, *,
   state = load_pth_state_dict(pth_path)
   state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
   if check_layout:
-    from gandance_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
     inception.from_pytorch_fid_state_dict(state)  # raises a ValueError naming bad keys
   save_npz_atomic(npz_path, state)
   return digest
@@ -171,16 +173,14 @@ def main(argv: list[str] | None = None) -> int:
   v.add_argument("path")
   v.add_argument("--prefix", default=None)
   args = parser.parse_args(argv)
-  try:
+
+  def command() -> None:
     if args.cmd == "convert":
       digest = convert(args.pth, args.npz, verify=not args.no_verify, prefix=args.prefix)
       print(f"sha256 {digest}\nwrote {args.npz}")
     else:
       print(f"ok sha256 {verify_sha256_prefix(args.path, args.prefix)}")
-  except (ValueError, ImportError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  return features_lib.run_cli(command)
 
 
 if __name__ == "__main__":
