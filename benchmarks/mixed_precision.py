@@ -1,10 +1,10 @@
 """Per-device memory of the training phases with and without bfloat16 mixed precision,
-side by side, from ahead-of-time compiles (gandance_jax/aot.py) on forced host devices.
+side by side, from ahead-of-time compiles (gandance_jax/train/aot.py) on forced host devices.
 
   python benchmarks/mixed_precision.py                                   # imagenet64, 8 devices
   python benchmarks/mixed_precision.py --config=configs/cifar10.py --num_devices=4 --bf16_res=2
 
-Runs `python -m gandance_jax.aot` twice (num_bf16_res = 0 and = --bf16_res for G and D) in
+Runs `python -m gandance_jax.train.aot` twice (num_bf16_res = 0 and = --bf16_res for G and D) in
 subprocesses (the device count is fixed when JAX starts) and prints, per phase, XLA's temp
 bytes and estimated peak per device and their ratio bfloat16 / float32. These are XLA:CPU
 buffer assignments: an estimate of what GPU/TPU compilers will do, not a measurement on them.
@@ -26,7 +26,7 @@ MIB = 2.0 ** 20
 def aot_report(config: str, num_devices: int, bf16_res: int, extra: list[str]) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "report.json")
-    cmd = [sys.executable, "-m", "gandance_jax.aot", f"--config={config}",
+    cmd = [sys.executable, "-m", "gandance_jax.train.aot", f"--config={config}",
            f"--num_devices={num_devices}", f"--out={out}",
            f"--config.generator.num_bf16_res={bf16_res}",
            f"--config.discriminator.num_bf16_res={bf16_res}", *extra]

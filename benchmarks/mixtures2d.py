@@ -4,7 +4,7 @@
   python benchmarks/mixtures2d.py --steps=1000 --n=10000 --json=/tmp/mix.json
 
 For each mixture (imbalanced 8 Gaussians, 25 Gaussians) it trains three conditional toy
-GANs with `gandance_jax.toy_train` (same seed, same number of steps):
+GANs with `gandance_jax.train.toy` (same seed, same number of steps):
 
   A  'ns'   non-saturating loss, no empty class          (plain / truncation / training-free
                                                            GANdance / DRS / MH / refinement)
@@ -40,8 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gandance_jax import guidance, postprocess as pp, toy_train
+from gandance_jax import postprocess as pp
+from gandance_jax.train import toy as toy_train
 from gandance_jax.data import mixtures2d
+from gandance_jax import sampler as sampler_lib
 
 MIXTURES = ("mixture_8gaussians", "mixture_25gaussians")
 
@@ -103,7 +105,7 @@ def run_mixture(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
   def gandance(tag: str, title: str, **kw) -> None:
     m = models[tag]
-    sampler = guidance.make_sampler(m.G, **kw)
+    sampler = sampler_lib.make_sampler(m.G, **kw)
     x, sec = _timed(lambda: sampler(m.g_vars, key, labels))
     rows.append(_row(title, x, sec, spec))
     print(f"[{name}] {title}", file=sys.stderr, flush=True)
@@ -122,7 +124,7 @@ def run_mixture(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
   # Post-processors on model A.
   A = models["A"]
   va = {"g": A.g_vars, "d": A.d_vars}
-  fns = pp.toy_fns(A.G, A.D, pp.latents_fn(A.G))
+  fns = pp.gan_fns(A.G, A.D, pp.latents_fn(A.G))
   cal_labels = toy_train.class_labels(spec, args.seed + 7, 4000)
   cal_reals = spec.sample_class(args.seed + 8, cal_labels)
   cal_fakes = pp.make_plain_sampler(fns)(va, jax.random.key(args.seed + 11),
@@ -144,7 +146,7 @@ def run_mixture(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
        pp.make_refine_sampler(fns, layer="ws", steps=20, step_size=0.002), va)
   post("collab. refinement, output x",
        pp.make_refine_sampler(fns, layer="output", steps=20, step_size=0.02), va)
-  guided = pp.toy_fns(A.G, A.D, pp.latents_fn(A.G, mode="training_free", scale=lam_lo))
+  guided = pp.gan_fns(A.G, A.D, pp.latents_fn(A.G, mode="training_free", scale=lam_lo))
   max_logit_g = pp.drs_burn_in(guided, va, jax.random.key(args.seed + 12), burn_labels, k)
   post(f"GANdance training-free lambda={lam_lo} + DRS",
        pp.make_drs_sampler(guided, max_logit_g, percentile=args.drs_percentile,

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gandance_jax import guidance, images, sample_cli
+from gandance_jax import images, sample_cli
 from gandance_jax.networks import stylegan2
-from gandance_jax.networks.stylegan2 import random_variables
+from gandance_jax import sampler as sampler_lib
 
 IMAGENET64 = dict(z_dim=512, w_dim=512, num_classes=1000, empty_class=True, resolution=64,
                   img_channels=3, mapping_layers=8, channel_base=16384, channel_max=512)
@@ -60,7 +60,7 @@ def _current_rss_mib() -> float:
 
 def speed(batch: int, rounds: int) -> None:
   G = stylegan2.Generator(**IMAGENET64)
-  v = random_variables(G)
+  v = stylegan2.init_generator(G, jax.random.key(0))
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(v["params"]))
   print(f"generator: {n_params / 1e6:.1f}M parameters, num_ws={G.num_ws}, batch={batch}, "
         f"devices={jax.devices()}")
@@ -85,13 +85,10 @@ def speed(batch: int, rounds: int) -> None:
   key = jax.random.key(0)
   samplers, program_flops = {}, {}
   for name, kwargs, _ in modes:
-    sampler = guidance.make_sampler(G, **kwargs)
+    sampler = sampler_lib.make_sampler(G, **kwargs)
     t0 = time.perf_counter()
     sampler(v, key, labels).block_until_ready()  # Compile + first run.
-    fn = guidance._compiled(sampler.spec, "sample")  # pylint: disable=protected-access
-    # pylint: disable-next=protected-access
-    args = (v, key, labels, np.arange(batch, dtype=np.int32), *sampler._args())
-    program_flops[name] = _flops(fn.lower(*args).compile()) / batch
+    program_flops[name] = _flops(sampler.lower(v, key, labels).compile()) / batch
     samplers[name] = sampler
     print(f"  compiled {name:24s} in {time.perf_counter() - t0:6.1f} s")
 
@@ -171,8 +168,8 @@ def _vm_hwm_mib() -> float:
 def rss_child(n: int, batch: int) -> None:
   """Streams n samples of TINY64 into an npz in this (fresh) process; prints RSS figures."""
   G = stylegan2.Generator(**TINY64)
-  v = random_variables(G)
-  sampler = guidance.make_sampler(G, mode="training_free", scale=1.3, num_opposite=10)
+  v = stylegan2.init_generator(G, jax.random.key(0))
+  sampler = sampler_lib.make_sampler(G, mode="training_free", scale=1.3, num_opposite=10)
   labels = np.asarray(jax.random.randint(jax.random.key(1), (n,), 0, G.num_classes), np.int32)
   # Warm up (compile, first chunks) before measuring: compilation dominates the peak.
   list(sampler.stream(v, jax.random.key(0), labels[:2 * batch], chunk_size=batch))

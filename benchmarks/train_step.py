@@ -40,6 +40,7 @@ def _worker(name: str, steps: int) -> None:
 
   sys.path.insert(0, REPO)
   # pylint: disable=g-import-not-at-top
+  from gandance_jax import config_lib
   from gandance_jax.train import sharding, state as state_lib, step as step_lib
 
   path, arg, overrides, _ = CONFIGS[name]
@@ -51,18 +52,19 @@ def _worker(name: str, steps: int) -> None:
     section, key = dotted.split(".")
     config[section][key] = value
 
+  hp = config_lib.validate_config(config)
   mesh = sharding.make_mesh(-1)
-  G, D = state_lib.build_models(config)
-  g_tx, d_tx = state_lib.make_optimizers(config)
-  state = jax.jit(lambda: state_lib.init_train_state(config, G, D, g_tx, d_tx),
+  G, D = state_lib.build_models(hp)
+  g_tx, d_tx = state_lib.make_optimizers(hp.train)
+  state = jax.jit(lambda: state_lib.init_train_state(hp, G, D, g_tx, d_tx),
                   out_shardings=sharding.replicated(mesh))()
-  train_step = step_lib.TrainStep(config, G, D, g_tx, d_tx, mesh)
+  train_step = step_lib.TrainStep(hp.train, G, D, g_tx, d_tx, mesh)
   b, r, c = config.train.batch_size, config.data.resolution, config.generator.img_channels
   rng = np.random.default_rng(0)
-  batch = sharding.global_batch(
+  batch = next(sharding.global_batches([
       {"image": rng.uniform(-1, 1, (b, r, r, c)).astype(np.float32),
-       "label": rng.integers(0, config.generator.num_classes, b).astype(np.int32)},
-      sharding.batch_sharding(mesh))
+       "label": rng.integers(0, config.generator.num_classes, b).astype(np.int32)}],
+      sharding.batch_sharding(mesh), prefetch=1))
 
   # Warm-up: one pass over the lazy schedule compiles every phase.
   t0 = time.perf_counter()

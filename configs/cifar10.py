@@ -11,14 +11,17 @@ from gandance_jax import config_lib
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  args = config_lib.parse_arg(arg, shrink=False)
   config = config_lib.base_config()
   config.data.update(dict(name="cifar10", resolution=32, xflip=True))
+  # Shared by data, G and D (FieldReferences, see config_lib.base_config).
+  config.generator.update(dict(num_classes=10, empty_class=True, img_channels=3))
   config.generator.update(dict(
-      z_dim=512, w_dim=512, num_classes=10, empty_class=True, resolution=32, img_channels=3,
-      mapping_layers=2, channel_base=16384, channel_max=512, architecture="skip"))
+      z_dim=512, w_dim=512, mapping_layers=2, channel_base=16384, channel_max=512,
+      architecture="skip"))
   config.discriminator.update(dict(
-      num_classes=10, empty_class=True, resolution=32, img_channels=3, architecture="resnet",
-      channel_base=16384, channel_max=512, mapping_layers=2, mbstd_group_size=32))
+      architecture="resnet", channel_base=16384, channel_max=512, mapping_layers=2,
+      mbstd_group_size=32))
   config.train.update(dict(
       batch_size=64, total_kimg=100000.0, g_lr=0.0025, d_lr=0.0025, r1_gamma=0.01,
       ema_kimg=500.0, ema_rampup=0.05, style_mixing_prob=0.0, pl_weight=0.0,
@@ -27,7 +30,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.sample_every_steps = 5000
   config.evals.fid10k = dict(type="fid", extractor="inception", num_samples=10000,
                              guidance_scales=[1.0, 1.2], every_steps=50000)
-  if "shrink" in arg:
+  if args.shrink:
     config.generator.update(dict(z_dim=32, w_dim=32, channel_base=256, channel_max=32))
     config.discriminator.update(dict(channel_base=256, channel_max=32, mbstd_group_size=4))
     config.train.update(dict(batch_size=8, total_kimg=0.08))

@@ -10,14 +10,17 @@ from gandance_jax import config_lib
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  args = config_lib.parse_arg(arg, shrink=False)
   config = config_lib.base_config()
   config.data.update(dict(name="imagenet_resized/64x64", resolution=64, xflip=True))
+  # Shared by data, G and D (FieldReferences, see config_lib.base_config).
+  config.generator.update(dict(num_classes=1000, empty_class=True, img_channels=3))
   config.generator.update(dict(
-      z_dim=512, w_dim=512, num_classes=1000, empty_class=True, resolution=64, img_channels=3,
-      mapping_layers=8, channel_base=16384, channel_max=512, architecture="skip"))
+      z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512,
+      architecture="skip"))
   config.discriminator.update(dict(
-      num_classes=1000, empty_class=True, resolution=64, img_channels=3, architecture="resnet",
-      channel_base=16384, channel_max=512, mapping_layers=8, mbstd_group_size=4))
+      architecture="resnet", channel_base=16384, channel_max=512, mapping_layers=8,
+      mbstd_group_size=4))
   config.train.update(dict(
       batch_size=256, total_kimg=100000.0, g_lr=0.0025, d_lr=0.0025, r1_gamma=0.2,
       ema_kimg=20.0, ema_rampup=None, style_mixing_prob=0.9, pl_weight=0.0,
@@ -27,10 +30,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.evals.fid50k = dict(type="fid", extractor="inception", convention="tf1",
                              num_samples=50000, guidance_scales=[1.0, 1.3],
                              every_steps=50000, reference="")
-  if "shrink" in arg:
+  if args.shrink:
     config.generator.update(dict(num_classes=10, z_dim=32, w_dim=32, channel_base=512,
                                  channel_max=32, mapping_layers=2))
-    config.discriminator.update(dict(num_classes=10, channel_base=512, channel_max=32,
+    config.discriminator.update(dict(channel_base=512, channel_max=32,
                                      mapping_layers=2))
     config.train.update(dict(batch_size=8, total_kimg=0.08))
     config.evals = {}

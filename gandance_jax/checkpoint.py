@@ -1,5 +1,9 @@
 """Orbax checkpoints of the train state, the config beside them, and `load_generator`.
 
+Storage only: this module knows nothing of training. A state is any dataclass pytree with
+the fields `g_ema_params` and `g_buffers` (train/state.py's TrainState); its structure comes
+from the abstract state the caller passes to `restore`.
+
 Layout of a workdir::
 
   config.json                     the run's config (written at start by process 0)
@@ -27,12 +31,13 @@ generator, on any device count, without building optimizer state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -43,15 +48,16 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gandance_jax.networks import stylegan2
-from gandance_jax.train.state import TrainState
 
 CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"  # One JSON record per line: {"step": ..., metric: value}.
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
 BEST_DIR = "best_checkpoint"
 _G_EMA_FIELDS = ("g_ema_params", "g_buffers")
 
 PyTree = Any
+TrainState = Any  # A dataclass pytree with g_ema_params and g_buffers (train/state.py).
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -61,11 +67,12 @@ class CorruptCheckpointError(RuntimeError):
 # ----------------------------------------------------------------------------- config
 
 
-def config_to_json(config: ml_collections.ConfigDict) -> str:
-  return config.to_json_best_effort(indent=2, sort_keys=True)
+def config_to_json(config: Mapping[str, Any]) -> str:
+  """The JSON text of a run's config (its plain-dict form, e.g. `HParams.config`)."""
+  return json.dumps(config, indent=2, sort_keys=True)
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def save_config(workdir: str, config: Mapping[str, Any]) -> None:
   """Writes `workdir/config.json` atomically (process 0 only)."""
   if jax.process_index() != 0:
     return
@@ -128,14 +135,15 @@ def _fetch_int(x: jax.Array) -> int:
 
 def _split_state(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
   """(train item, g_ema item): every field once; G buffers live with G EMA."""
-  train = {name: getattr(state, name) for name in state.__dataclass_fields__
-           if name not in _G_EMA_FIELDS}
+  train = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+           if f.name not in _G_EMA_FIELDS}
   g_ema = {"params": state.g_ema_params, "buffers": state.g_buffers}
   return train, g_ema
 
 
-def _join_state(train: dict[str, Any], g_ema: dict[str, Any]) -> TrainState:
-  return TrainState(g_ema_params=g_ema["params"], g_buffers=g_ema["buffers"], **train)
+def _join_state(like: TrainState, train: dict[str, Any], g_ema: dict[str, Any]) -> TrainState:
+  """The inverse of `_split_state`, as an instance of `like`'s class."""
+  return type(like)(g_ema_params=g_ema["params"], g_buffers=g_ema["buffers"], **train)
 
 
 # ----------------------------------------------------------------------------- manager
@@ -157,7 +165,7 @@ def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainSta
     if got != want:
       raise CorruptCheckpointError(
           f"step {step}: fingerprint of item '{name}' is {got}, expected {want}")
-  return _join_state(restored.train, restored.g_ema)
+  return _join_state(abstract_state, restored.train, restored.g_ema)
 
 
 class Checkpointer:
@@ -180,14 +188,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, state: TrainState, step: int, config: ml_collections.ConfigDict) -> None:
+  def save(self, state: TrainState, step: int, config: Mapping[str, Any]) -> None:
     """Starts an async save of `state` at `step` (returns once the arrays are off-device)."""
     train, g_ema = _split_state(state)
     meta = dict(step=int(step),
                 fingerprint_train=_fetch_int(_fingerprint_jit(train)),
                 fingerprint_g_ema=_fetch_int(_fingerprint_jit(g_ema)),
-                config=json.loads(config_to_json(config)),
-                time=time.time())
+                config=dict(config), time=time.time())
     self.manager.save(int(step), args=ocp.args.Composite(
         train=ocp.args.StandardSave(train), g_ema=ocp.args.StandardSave(g_ema),
         meta=ocp.args.JsonSave(meta)), force=True)
@@ -231,27 +238,23 @@ class Checkpointer:
 # ----------------------------------------------------------------------------- other runs
 
 
-def load_train_state(workdir: str, step: int | None = None) -> tuple[TrainState, int]:
-  """The whole TrainState (numpy leaves) of another run, read-only, with that run's config.
+def load_state(workdir: str, abstract_state: TrainState, step: int | None = None
+               ) -> tuple[TrainState, int]:
+  """The whole state (numpy leaves) of another run, read-only, shaped like `abstract_state`.
 
-  For warm starts (gandance_jax/warm_start.py). Unlike `Checkpointer.restore_latest`, an
+  For warm starts (gandance_jax/train/warm_start.py). Unlike `Checkpointer.restore_latest`, an
   unreadable checkpoint is skipped without being moved: the other run's files are never
   touched.
 
   Raises:
     FileNotFoundError if `workdir` has no readable checkpoint (or none at `step`).
   """
-  from gandance_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoints in {directory}")
-  config = load_config(workdir)
-  G, D = state_lib.build_models(config)
-  g_tx, d_tx = state_lib.make_optimizers(config)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      jax.eval_shape(lambda: state_lib.init_train_state(config, G, D, g_tx, d_tx)))
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state)
   manager = ocp.CheckpointManager(directory, item_names=("train", "g_ema", "meta"),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   try:
@@ -327,7 +330,7 @@ class BestSnapshot:
     return value < self.value if self.mode == "min" else value > self.value
 
   def update(self, state: TrainState, step: int, metrics: dict[str, float],
-             config: ml_collections.ConfigDict) -> bool:
+             config: Mapping[str, Any]) -> bool:
     """Saves state's G EMA if metrics[metric] beats the best so far; returns whether it did."""
     if self.metric not in metrics:
       return False
@@ -336,7 +339,7 @@ class BestSnapshot:
       return False
     _, g_ema = _split_state(state)
     meta = dict(step=int(step), fingerprint_g_ema=_fetch_int(_fingerprint_jit(g_ema)),
-                config=json.loads(config_to_json(config)), best_metric=self.metric,
+                config=dict(config), best_metric=self.metric,
                 best_value=value, best_mode=self.mode, time=time.time())
     self.manager.save(int(step), args=ocp.args.Composite(
         g_ema=ocp.args.StandardSave(g_ema), meta=ocp.args.JsonSave(meta)), force=True)
@@ -411,3 +414,20 @@ def load_generator(workdir: str, step: int | None = None, *,
       errors.append(f"step {s}: {type(e).__name__}: {str(e)[:200]}")
   manager.close()
   raise FileNotFoundError(f"no readable checkpoint in {directory}: {errors}")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def metrics_path(workdir: str) -> str:
+  """`<workdir>/metrics.jsonl`: the run's numbers, one JSON record per line."""
+  return os.path.join(workdir, METRICS_FILE)
+
+
+def append_metrics(path: str, record: Mapping[str, Any]) -> None:
+  """Appends one JSON record to a metrics file (process 0 only; the others hold the same)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "a") as f:
+    f.write(json.dumps(dict(record)) + "\n")

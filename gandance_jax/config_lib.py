@@ -11,27 +11,38 @@ from typing import Any
 
 import ml_collections
 
+from gandance_jax import guidance, images
+from gandance_jax.networks import base
+from gandance_jax.train import hparams as hparams_lib
+
 
 def base_config() -> ml_collections.ConfigDict:
   """Returns the full config tree with NVIDIA's StyleGAN2 defaults."""
   config = ml_collections.ConfigDict()
   config.seed = 0
 
+  # Fields the data, G and D share are set once: one FieldReference each, so setting any of
+  # them (in a config file or on the command line) sets all (ml_collections links them).
+  resolution = ml_collections.FieldReference(16)
+  num_classes = ml_collections.FieldReference(10)
+  empty_class = ml_collections.FieldReference(True)
+  img_channels = ml_collections.FieldReference(1)
+
   # Data: see gandance_jax/data (name in digits, cifar10, imagenet_resized/32x32,
   # imagenet_resized/64x64, npz, folder, mixture_8gaussians, mixture_25gaussians).
   config.data = ml_collections.ConfigDict(dict(
-      name="digits", resolution=16, xflip=False, path="", data_dir="", seed=0))
+      name="digits", resolution=resolution, xflip=False, path="", data_dir="", seed=0))
 
   # Networks: keyword arguments of stylegan2.Generator / stylegan2.Discriminator.
   config.generator = ml_collections.ConfigDict(dict(
-      z_dim=512, w_dim=512, num_classes=10, empty_class=True, resolution=16,
-      img_channels=1, mapping_layers=8, channel_base=32768, channel_max=512,
-      architecture="skip", conv_clamp=256.0, w_avg_beta=0.995,
+      z_dim=512, w_dim=512, num_classes=num_classes, empty_class=empty_class,
+      resolution=resolution, img_channels=img_channels, mapping_layers=8, channel_base=32768,
+      channel_max=512, architecture="skip", conv_clamp=256.0, w_avg_beta=0.995,
       num_bf16_res=0))           # Highest resolutions in bfloat16 (mixed precision; 0 = off).
   config.discriminator = ml_collections.ConfigDict(dict(
-      num_classes=10, empty_class=True, resolution=16, img_channels=1,
-      architecture="resnet", channel_base=32768, channel_max=512, conv_clamp=256.0,
-      mapping_layers=8, mbstd_group_size=4, mbstd_num_channels=1,
+      num_classes=num_classes, empty_class=empty_class, resolution=resolution,
+      img_channels=img_channels, architecture="resnet", channel_base=32768, channel_max=512,
+      conv_clamp=256.0, mapping_layers=8, mbstd_group_size=4, mbstd_num_channels=1,
       # Minibatch-stddev groups are formed inside this many contiguous blocks of the batch;
       # set it to the device count for NVIDIA's per-GPU groups and no cross-device traffic
       # in D (results then match any device count with the same value).
@@ -59,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
       ada_interval=4,            # 'ada': adjust p every N steps.
       loss="ns",                 # 'ns' (non-saturating logistic) or 'san' (SAN, seeds/004).
       san_base="hinge",          # SAN's function-part loss: 'hinge' or 'logistic'.
-      # Fine-tune a pre-trained conditional GAN (gandance_jax/warm_start.py): a workdir of a
+      # Fine-tune a pre-trained conditional GAN (gandance_jax/train/warm_start.py): a workdir of a
       # run or an .npz of NVIDIA state dicts; '' = train from scratch. Used only when the
       # workdir has no checkpoint yet.
       init_from="",
@@ -77,13 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.grid_per_class = 8        # Columns of the periodic sample grid (one row per class).
   config.prefetch = 2              # Batches put on the devices ahead of the step.
 
-  # Class accuracy of conditional samples (digits only; the digits analogue of the paper's
-  # classifier score): measured with G EMA at the end of training and every `every_steps`
-  # (0 = only at the end), `num_per_class` samples per class (0 = off), plain conditional
-  # sampling.
-  config.class_accuracy = ml_collections.ConfigDict(dict(num_per_class=100, every_steps=0))
-
-  # In-loop evaluators: name -> dict(type=..., ...). See gandance_jax/evaluation/evaluator.py.
+  # In-loop evaluators: name -> dict(type=..., ...), run every `every_steps` and (if `final`)
+  # at the end of training. See gandance_jax/evaluation/evaluators/.
   config.evals = ml_collections.ConfigDict()
   # Keep the G EMA of the best in-loop evaluation apart from the rotated checkpoints
   # (checkpoint.BestSnapshot): a metric key '<eval name>/<metric>@<scale>' such as
@@ -125,12 +131,35 @@ DATA_NAMES = ("digits", "cifar10", "imagenet_resized/32x32", "imagenet_resized/6
 ARCHITECTURES = ("orig", "skip", "resnet")
 AUGMENTS = ("none", "diffaugment", "ada")
 AUGMENT_OPS = ("color", "translation", "cutout")
-SAMPLE_MODES = ("none", "training_free", "learned")
-NOISE_MODES = ("random", "const", "none")
 
 
 class ConfigError(ValueError):
   """An invalid config value; the message names the field."""
+
+
+def parse_arg(arg: str, **defaults: Any) -> ml_collections.ConfigDict:
+  """The options of a config file's argument (`--config=configs/x.py:shrink,fid`).
+
+  `arg` is a comma-separated list of names (True) or name=value pairs, parsed as the type
+  of the option's default: ``parse_arg('shrink,fid', shrink=False, fid=False)``. Raises
+  ConfigError for an option the file does not define.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in (x.strip() for x in str(arg or "").split(",")):
+    if not item:
+      continue
+    name, _, value = item.partition("=")
+    if name not in defaults:
+      raise ConfigError(f"config argument {name!r} is invalid: known options are "
+                        f"{sorted(defaults)}")
+    default = defaults[name]
+    if not value:
+      out[name] = True
+    elif isinstance(default, bool):
+      out[name] = value.lower() in ("1", "true", "yes")
+    else:
+      out[name] = type(default)(value)
+  return out
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -170,8 +199,9 @@ def _power_of_two(cfg: Any, field: str, prefix: str, minimum: int = 4) -> None:
     _fail(f"{prefix}.{field}", value, f"must be a power of two >= {minimum}")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first invalid field (and the allowed values)."""
+def validate_config(config: ml_collections.ConfigDict) -> hparams_lib.HParams:
+  """The typed, frozen hyper-parameters of a valid config (what everything below the entry
+  point takes); raises ConfigError naming the first invalid field (and the allowed values)."""
   _choice(config.data, "name", DATA_NAMES, "data")
   g, d, t = config.generator, config.discriminator, config.train
   is_toy = config.data.name.startswith("mixture_")
@@ -246,9 +276,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       _fail(f, value, "must be an integer > 0")
 
-  _positive_int(config.class_accuracy, "num_per_class", "class_accuracy", allow_zero=True)
-  _positive_int(config.class_accuracy, "every_steps", "class_accuracy", allow_zero=True)
-
   best = str(config.get("best_metric", "") or "")
   if best:
     evals = dict(config.get("evals", {}))
@@ -263,10 +290,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _fail("best_mode", config.best_mode, "allowed values are ['min', 'max']")
   s = config.sample
   validate_sample_config(s, g.num_classes, g.empty_class)
+  try:
+    return hparams_lib.from_config(config)
+  except ValueError as e:  # An invalid config.evals entry (the message names the field).
+    raise ConfigError(str(e)) from None
 
 
 SAMPLE_OUTPUTS = ("grid", "interp", "npz")
-QUANTIZATIONS = ("nvidia", "adm")
 
 
 def _class_id(value: Any, field: str, num_classes: int) -> None:
@@ -281,9 +311,9 @@ def _finite(value: Any, field: str) -> None:
 
 def validate_sample_config(s: Any, num_classes: int, empty_class: bool) -> None:
   """Checks `config.sample` against a generator with `num_classes` (+ the empty class)."""
-  _choice(s, "mode", SAMPLE_MODES, "sample")
-  _choice(s, "noise_mode", NOISE_MODES, "sample")
-  _choice(s, "quantization", QUANTIZATIONS, "sample")
+  _choice(s, "mode", guidance.MODES, "sample")
+  _choice(s, "noise_mode", base.NOISE_MODES, "sample")
+  _choice(s, "quantization", images.QUANTIZATIONS, "sample")
   if s.mode != "none" and num_classes == 0:
     _fail("sample.mode", s.mode, "guidance needs a class-conditional generator")
   if s.mode == "learned" and not empty_class:

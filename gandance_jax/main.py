@@ -21,6 +21,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gandance_jax import config_lib
+from gandance_jax import sample_cli
+from gandance_jax.evaluation import cli
+from gandance_jax.train import loop
+from gandance_jax.train import sharding
+
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py[:shrink].",
                                 lock_config=True)
@@ -46,8 +53,6 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
-  from gandance_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from gandance_jax.train import sharding  # pylint: disable=g-import-not-at-top
 
   # Multi-process start-up must come before any JAX computation.
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -65,7 +70,7 @@ def main(argv: list[str]) -> int:
     logging.error("--checkpoint = %r is invalid: 'latest', 'best' or a step number", which)
     return 2
   try:
-    config_lib.validate_config(config)
+    hparams = config_lib.validate_config(config)
   except config_lib.ConfigError as e:
     logging.error("%s", e)
     return 2
@@ -73,9 +78,8 @@ def main(argv: list[str]) -> int:
                jax.devices())
 
   if FLAGS.mode in ("train", "all"):
-    from gandance_jax.train import loop  # pylint: disable=g-import-not-at-top
     try:
-      loop.train(config, FLAGS.workdir)
+      loop.train(hparams, FLAGS.workdir)
     except loop.NonFiniteLossError as e:
       logging.error("%s", e)
       return 1
@@ -83,10 +87,8 @@ def main(argv: list[str]) -> int:
       logging.warning("%s", e)
       return 143
   if FLAGS.mode in ("sample", "all"):
-    from gandance_jax import sample_cli  # pylint: disable=g-import-not-at-top
     sample_cli.run(config, FLAGS.workdir, FLAGS.checkpoint)
   if FLAGS.mode in ("eval", "all"):
-    from gandance_jax.evaluation import cli  # pylint: disable=g-import-not-at-top
     cli.run(config, FLAGS.workdir, FLAGS.checkpoint)
   return 0
 

@@ -20,7 +20,7 @@ guidance and truncation compose with every post-processor:
 
   lat = postprocess.latents_fn(G, mode='training_free', scale=1.3,
                                opposite_labels=np.arange(G.num_classes))
-  fns = postprocess.toy_fns(G, D, lat)            # or stylegan2_fns(G, D, lat)
+  fns = postprocess.gan_fns(G, D, lat)            # any conditional G / D pair
   x, info = postprocess.make_drs_sampler(fns, max_logit)(variables, key, labels)
 
 Conditional rejection. Slot b only ever receives a proposal of its own class labels[b], and
@@ -44,13 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gandance_jax import guidance
+from gandance_jax import sampler as sampler_lib
 
 Array = jax.Array
 Variables = Mapping[str, Any]       # {'g': generator variables, 'd': discriminator variables}
 LatentsFn = Callable[[Any, Array, Array], Array]
 Info = dict[str, Array]
 
-LATENT_MODES = ("none", "training_free", "learned")
 OPTIMIZERS = ("sgd", "adam")
 MH_INITS = ("real", "proposal")
 
@@ -80,60 +80,45 @@ def latents_fn(G: Any, *, mode: str = "none", scale: float | Sequence[float] = 1
                ) -> LatentsFn:
   """A traceable (g_vars, key, labels) -> ws [B, num_ws, w_dim] for a StyleGAN2-like G.
 
-  z of sample b is `guidance.sample_z(key, arange(B))[b]` (the GANdance sampler's rule).
+  z of sample b is `sampler_lib.sample_z(key, arange(B))[b]` (the GANdance sampler's rule).
   mode 'none': w = mapping(z, c) (truncated if psi != 1); 'training_free': GANdance Alg. 2
   with `opposite_labels` (default: all classes); 'learned': Alg. 3 with G's empty class.
   """
-  if mode not in LATENT_MODES:
-    raise ValueError(f"mode must be one of {list(LATENT_MODES)}, got {mode!r}")
-  guidance.validate_scale(scale, G.num_ws, "scale")
-  if mode == "none" and np.any(np.asarray(scale) != 1):
-    raise ValueError("scale must be 1 in mode 'none'")
-  if mode == "learned" and G.empty_label is None:
-    raise ValueError("mode 'learned' needs a generator with empty_class=True")
+  guidance.check_request(G, mode, scale)
+  opposite = None
   if mode == "training_free":
     opposite = np.arange(G.num_classes) if opposite_labels is None else np.asarray(
         opposite_labels)
     guidance.validate_opposite_labels(opposite, G.num_classes, "opposite_labels")
-    opposite = opposite.astype(np.int32)
+    opposite = jnp.asarray(opposite, jnp.int32)
   scale = np.asarray(scale, np.float32)
 
   def fn(g_vars: Any, key: Array, labels: Array) -> Array:
-    z = guidance.sample_z(key, jnp.arange(labels.shape[0]), G.z_dim)
-    mapping = lambda z_, c_: G.apply(g_vars, z_, c_, broadcast=False, method=G.mapping)
-    w_avg = guidance.w_avg_of(g_vars)
-    if mode == "none":
-      w = mapping(z, labels)
-      if truncation_psi != 1:
-        w = guidance.truncate(w, w_avg, truncation_psi)
-      return jnp.broadcast_to(w[:, None, :], (w.shape[0], G.num_ws, w.shape[-1]))
-    kwargs = (dict(opposite_labels=jnp.asarray(opposite)) if mode == "training_free" else
-              dict(empty_label=G.empty_label))
-    return guidance.guided_ws(mapping, z, labels, scale=jnp.asarray(scale),
-                              truncation_psi=truncation_psi, w_avg=w_avg, num_ws=G.num_ws,
-                              **kwargs)
+    z = sampler_lib.sample_z(key, jnp.arange(labels.shape[0]), G.z_dim)
+    return guidance.guided_latents(G, g_vars, z, labels, mode=mode, scale=jnp.asarray(scale),
+                                   opposite_labels=opposite, truncation_psi=truncation_psi)
 
   return fn
 
 
-def toy_fns(G: Any, D: Any, latents: LatentsFn) -> GANFns:
-  """`GANFns` of a `toy2d` generator / discriminator pair (all synthesis layers tappable)."""
-  return GANFns(
-      latents=latents,
-      synthesis=lambda g, ws: G.apply(g, ws, method=G.synthesis),
-      logits=lambda d, x, c: D.apply(d, x, c),
-      features=lambda g, ws, layer: G.apply(g, ws, layer, method=G.synthesis_features),
-      from_features=lambda g, h, ws, layer: G.apply(g, h, ws, layer,
-                                                    method=G.synthesis_from_features))
+def gan_fns(G: Any, D: Any, latents: LatentsFn, noise_mode: str = "const") -> GANFns:
+  """`GANFns` of any conditional generator / discriminator pair (networks/base.py).
 
-
-def stylegan2_fns(G: Any, D: Any, latents: LatentsFn, noise_mode: str = "const") -> GANFns:
-  """`GANFns` of a StyleGAN2 pair. Refinement is possible on 'ws' and 'output' only: the
-  synthesis network has no entry point at an intermediate block (see docs/mixtures2d.md)."""
+  Refinement of an intermediate synthesis layer needs a generator that exposes
+  `synthesis_features` / `synthesis_from_features` (the 2D toy: every layer is tappable);
+  otherwise (StyleGAN2: no entry point at an intermediate block, see docs/mixtures2d.md) it
+  is possible on 'ws' and 'output' only.
+  """
+  taps = hasattr(G, "synthesis_features") and hasattr(G, "synthesis_from_features")
   return GANFns(
       latents=latents,
       synthesis=lambda g, ws: G.apply(g, ws, noise_mode=noise_mode, method=G.synthesis),
-      logits=lambda d, x, c: D.apply(d, x, c))
+      logits=lambda d, x, c: D.apply(d, x, c),
+      features=(lambda g, ws, layer: G.apply(g, ws, layer, method=G.synthesis_features))
+      if taps else None,
+      from_features=(lambda g, h, ws, layer: G.apply(g, h, ws, layer,
+                                                     method=G.synthesis_from_features))
+      if taps else None)
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -612,7 +597,8 @@ def make_refine_sampler(fns: GANFns, *, layer: str | int = "output", steps: int 
       raise ValueError(f"layer must be 'ws', 'output' or a synthesis layer index, got {layer!r}")
   elif fns.features is None or fns.from_features is None:
     raise ValueError("refinement of an intermediate layer needs GANFns.features and "
-                     ".from_features (e.g. toy_fns)")
+                     ".from_features (`gan_fns` of a generator with synthesis_features, "
+                     "e.g. the toy)")
   beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
 
   def fn(variables, key, labels):

@@ -28,8 +28,10 @@ import jax
 import numpy as np
 from absl import logging
 
+from gandance_jax import checkpoint
 from gandance_jax import config_lib, guidance, images, multihost
-from gandance_jax.networks import stylegan2
+from gandance_jax.networks import base
+from gandance_jax import sampler as sampler_lib
 
 # fold_in purposes of the root key jax.random.key(config.sample.seed).
 _GRID, _INTERP, _NPZ, _NPZ_LABELS = 0, 1, 2, 3
@@ -91,25 +93,25 @@ def _tag(scale: float | None) -> str:
   return "layerwise" if scale is None else f"s{scale:g}"
 
 
-def _layer_schedule(G: stylegan2.Generator, spec: str) -> np.ndarray:
+def _layer_schedule(G: base.ConditionalGenerator, spec: str) -> np.ndarray:
   try:
     return guidance.layerwise_scale(G, guidance.parse_layer_scales(spec), default=None)
   except ValueError as e:
     raise config_lib.ConfigError(f"config.sample.layer_scales = {spec!r} is invalid: {e}") from None
 
 
-def _sampler(G: stylegan2.Generator, s: Any, scale: Any,
-             devices: Any | None) -> guidance.Sampler:
+def _sampler(G: base.ConditionalGenerator, s: Any, scale: Any,
+             devices: Any | None) -> sampler_lib.Sampler:
   opposite = np.asarray(list(s.opposite_labels), np.int32) if len(s.opposite_labels) else None
   mode = s.mode
-  return guidance.make_sampler(
-      G, mode=mode, scale=1.0 if mode == "none" else scale,
+  return sampler_lib.make_sampler(
+      G, mode=mode, scale=scale,
       opposite_labels=opposite if mode == "training_free" else None,
       num_opposite=s.num_opposite if mode == "training_free" else 0,
       truncation_psi=float(s.truncation_psi), noise_mode=s.noise_mode, devices=devices)
 
 
-def check(G: stylegan2.Generator, sample_config: Any) -> list[Any]:
+def check(G: base.ConditionalGenerator, sample_config: Any) -> list[Any]:
   """Validates `sample_config` against G; returns the npz scales (None = layer schedule)."""
   config_lib.validate_sample_config(sample_config, G.num_classes, G.empty_class)
   if sample_config.truncation_psi != 1 and G.w_avg_beta is None:
@@ -122,8 +124,8 @@ def check(G: stylegan2.Generator, sample_config: Any) -> list[Any]:
   return [float(x) for x in sample_config.npz_scales]
 
 
-def run_with_generator(G: stylegan2.Generator, variables: Any, sample_config: Any, outdir: str,
-                       devices: Any | None = None) -> dict[str, list[str]]:
+def run_with_generator(G: base.ConditionalGenerator, variables: Any, sample_config: Any,
+                       outdir: str, devices: Any | None = None) -> dict[str, list[str]]:
   """Writes the grids, interpolation strips and .npz files of `sample_config` to `outdir`.
 
   Args:
@@ -137,7 +139,9 @@ def run_with_generator(G: stylegan2.Generator, variables: Any, sample_config: An
   """
   s = sample_config
   npz_scales = check(G, s)  # Everything is validated before the first compilation.
-  schedule = _layer_schedule(G, s.layer_scales) if s.layer_scales else None
+  # Mode 'none' has no guidance scale: its one column / file is scale 1.
+  schedule = (_layer_schedule(G, s.layer_scales) if s.layer_scales and s.mode != "none"
+              else None)
   os.makedirs(outdir, exist_ok=True)
   root = jax.random.key(int(s.seed))
   classes = list(s.classes) or _default_classes(G.num_classes)
@@ -208,7 +212,6 @@ def run(config: Any, workdir: str, which: str = "latest") -> dict[str, list[str]
 
   `which`: 'latest', 'best' (the best in-loop snapshot, config.best_metric) or a step.
   """
-  from gandance_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
   G, variables, _, step = checkpoint.load_generator_from(workdir, which)
   check(G, config.sample)

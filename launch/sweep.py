@@ -10,7 +10,7 @@ A sweep file defines `get_config(arg)` returning a namespace (or dict) with
                 <outdir>/runs/<run_name> by `python -m gandance_jax.main`, or taken from
                 `workdir` if that key is given (an existing run)
   eval          dict(extractor='digits'|'inception', num_samples, batch_size, seed, ...):
-                fields of an evaluator (gandance_jax/evaluation/evaluator.py)
+                fields of an evaluator (gandance_jax/evaluation/evaluators/)
   grids         {grid_name: dict(runs=[...], mode, scales=[...], num_opposite=[...],
                 psi=[...], schedules={name: '4:1.5,8:1.5,16:1.0'})}
 Every cell (grid, run, mode, |C|, scale or schedule, psi) is evaluated once: results are
@@ -34,6 +34,10 @@ import types
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The sweep drives the checkout it lives in (its runs are `python -m gandance_jax.main` with
+# cwd=REPO): import that library, not another installed copy.
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
 METRICS = ("fid", "class_accuracy", "classifier_score", "target_probability",
            "inception_score", "precision", "recall")
 
@@ -130,7 +134,7 @@ def train_run(sweep: Any, outdir: str, run: str) -> None:
 def evaluate_cells(sweep: Any, outdir: str, cells: list[dict[str, Any]]) -> None:
   """Evaluates the cells not yet in results.jsonl, appending each as it finishes."""
   from gandance_jax import checkpoint, guidance  # pylint: disable=g-import-not-at-top
-  from gandance_jax.evaluation import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
+  from gandance_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   results_path = os.path.join(outdir, "results.jsonl")
   done = set()
   if os.path.exists(results_path):
@@ -140,16 +144,15 @@ def evaluate_cells(sweep: Any, outdir: str, cells: list[dict[str, Any]]) -> None
   print(f"[sweep] {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run",
         flush=True)
   loaded: dict[str, Any] = {}
-  evaluators: dict[str, Any] = {}
+  eval_data: dict[str, Any] = {}
   for i, cell in enumerate(todo):
     run = cell["run"]
     if run not in loaded:
       loaded[run] = checkpoint.load_generator(run_workdir(sweep, outdir, run))
     G, g_vars, config, step = loaded[run]
-    if run not in evaluators:
-      evaluators[run] = evaluator_lib.Evaluator(config, outdir, specs=[])
-    ev = evaluators[run]
-    spec = evaluator_lib.parse_spec("sweep", dict(
+    if run not in eval_data:
+      eval_data[run] = evaluators.EvalData(outdir, config.data)
+    spec = evaluators.parse_spec("sweep", dict(
         type="fid", mode=cell["mode"], num_opposite=cell["num_opposite"],
         truncation_psi=cell["psi"], **dict(sweep.eval)))
     if cell["schedule_spec"]:
@@ -157,7 +160,7 @@ def evaluate_cells(sweep: Any, outdir: str, cells: list[dict[str, Any]]) -> None
     else:
       scale = cell["scale"]
     t0 = time.time()
-    metrics = ev.metrics_at(spec, G, g_vars, scale)
+    metrics = evaluators.make(spec, G, eval_data[run]).metrics_at(g_vars, scale)
     row = {**{k: v for k, v in cell.items() if k != "schedule_spec"}, "step": int(step),
            "seconds": round(time.time() - t0, 2), **metrics}
     with open(results_path, "a") as f:

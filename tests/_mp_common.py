@@ -30,7 +30,7 @@ TINY = {
     "train.ada_kimg": 0.1, "train.ada_target": 0.0,
     "train.augment_policy": "color,translation,cutout",
     "log_every_steps": 1, "checkpoint_every_steps": 4, "sample_every_steps": 8,
-    "grid_per_class": 2, "class_accuracy.num_per_class": 0, "sample.batch_size": 20,
+    "grid_per_class": 2, "evals.class_accuracy.final": False, "sample.batch_size": 20,
 }
 
 
@@ -47,6 +47,12 @@ def tiny_config(**overrides: Any):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def tiny_hparams(**overrides: Any):
+  """The tiny config's typed hyper-parameters (what the trainer takes)."""
+  from gandance_jax import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.validate_config(tiny_config(**overrides))
 
 
 def tiny_flags(**overrides: Any) -> list[str]:
@@ -138,7 +144,8 @@ def restore_arrays(workdir, step: int | None = None) -> dict[str, Any]:
   """The state of a checkpoint as numpy arrays, through the trainer's own read-only restore
   (fingerprints checked), whatever topology saved it."""
   from gandance_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  state, step = checkpoint.load_train_state(str(workdir), step)
+  from gandance_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  state, step = state_lib.load_train_state(str(workdir), step)
   train, g_ema = checkpoint._split_state(state)  # pylint: disable=protected-access
   return {"step": step, "train": train, "g_ema": g_ema}
 

@@ -1,4 +1,4 @@
-"""gandance_jax.aot: ahead-of-time compile of the training phases and the per-device memory
+"""gandance_jax.train.aot: ahead-of-time compile of the training phases and the per-device memory
 report. The tool runs in subprocesses because the device count is fixed per process."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from gandance_jax import aot
+from gandance_jax.train import aot
 from tests import _mp_common
 
 # The tiny trainer config runs all five phases (pl_weight > 0, r1_gamma > 0); without
@@ -21,7 +21,7 @@ ALL_PHASES = ["g_main", "g_reg", "d_main", "d_reg", "finish"]
 
 def run_aot(*extra: str, num_devices: int, out=None, **overrides) -> subprocess.CompletedProcess:
   values = dict(OVERRIDES, **overrides)
-  cmd = [sys.executable, "-m", "gandance_jax.aot", "--config=configs/digits.py:shrink",
+  cmd = [sys.executable, "-m", "gandance_jax.train.aot", "--config=configs/digits.py:shrink",
          f"--num_devices={num_devices}", *_mp_common.tiny_flags(**values), *extra]
   if out is not None:
     cmd.append(f"--out={out}")
@@ -73,9 +73,10 @@ def test_state_bytes_and_params_match_the_abstract_state(report4):
   from gandance_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   report, _ = report4
   config = _mp_common.tiny_config(**OVERRIDES)
-  G, D = state_lib.build_models(config)
-  g_tx, d_tx = state_lib.make_optimizers(config)
-  state = jax.eval_shape(lambda: state_lib.init_train_state(config, G, D, g_tx, d_tx))
+  hp = _mp_common.tiny_hparams(**OVERRIDES)
+  G, D = state_lib.build_models(hp)
+  g_tx, d_tx = state_lib.make_optimizers(hp.train)
+  state = jax.eval_shape(lambda: state_lib.init_train_state(hp, G, D, g_tx, d_tx))
   nbytes = lambda tree: sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
   count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
   assert report["state_bytes_per_device"]["total"] == nbytes(state)
@@ -130,7 +131,7 @@ def test_phase_selection():
 
 def test_already_initialised_jax_is_reported():
   code = ("import jax; jax.devices()\n"
-          "from gandance_jax import aot\n"
+          "from gandance_jax.train import aot\n"
           "aot.force_host_devices(3)\n"
           "try:\n  aot.check_devices(3)\nexcept aot.AotError as e:\n  print(e)\n")
   result = subprocess.run([sys.executable, "-c", code], cwd=_mp_common.REPO,

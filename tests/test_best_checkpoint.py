@@ -50,7 +50,7 @@ def test_best_snapshot_is_the_best_step_and_survives_rotation(tmp_path):
   config = _config(best_metric="fid/fid@1", train__total_kimg=0.048,
                    checkpoint_every_steps=2, keep_checkpoints=1, sample_every_steps=1000,
                    train__augment="none")
-  loop.train(config, workdir)
+  loop.train(config_lib.validate_config(config), workdir)
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   fids = {r["step"]: r["fid/fid@1"] for r in records if "fid/fid@1" in r}
   assert sorted(fids) == [2, 4, 6]

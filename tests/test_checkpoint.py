@@ -56,16 +56,16 @@ def _truncate(path):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", [_flip_a_byte, _truncate, os.remove])
 def test_corrupted_newest_checkpoint_is_reported_and_previous_used(tmp_path, caplog, damage):
-  config = common.tiny_config()   # 24 steps, checkpoints 16, 20, 24 kept
+  hp = common.tiny_hparams()   # 24 steps, checkpoints 16, 20, 24 kept
   workdir = str(tmp_path / "run")
-  final = loop.train(config, workdir)
+  final = loop.train(hp, workdir)
   want = jax.tree.map(np.asarray, final)
   # Every data file of the newest checkpoint (a single file may hold only unused bytes).
   for path in _data_files(os.path.join(workdir, "checkpoints", "24")):
     damage(path)
 
   with caplog.at_level(logging.ERROR):
-    resumed = loop.train(config, workdir)      # restores step 20, recomputes 21..24
+    resumed = loop.train(hp, workdir)      # restores step 20, recomputes 21..24
   assert any("step 24" in r.getMessage() and "corrupted" in r.getMessage()
              for r in caplog.records)
   assert len(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == 1

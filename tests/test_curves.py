@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from gandance_jax import curves
+from gandance_jax.train import curves
 
 
 def _write(path, records):

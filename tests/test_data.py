@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from gandance_jax import data
-from gandance_jax.data import folder, pipeline
+from gandance_jax.data import base, folder
 
 
 def _take(iterator, n):
@@ -382,7 +382,7 @@ def test_prefetch_to_device_builds_global_arrays():
   n = len(jax.devices())
   src = data.make_source({"name": "digits", "resolution": 8, "seed": 2})
   local = _take(src.batches(4 * n, 0), 3)
-  out = _take(pipeline.prefetch_to_device(src.batches(4 * n, 0), 2, sharding), 3)
+  out = _take(base.prefetch_to_device(src.batches(4 * n, 0), 2, sharding), 3)
   assert len(out) == 3
   for x, y in zip(local, out):
     assert isinstance(y["image"], jax.Array) and y["image"].sharding == sharding
@@ -390,6 +390,6 @@ def test_prefetch_to_device_builds_global_arrays():
     np.testing.assert_array_equal(np.asarray(y["image"]), x["image"])
     np.testing.assert_array_equal(np.asarray(y["label"]), x["label"])
   # A finite iterator is drained completely.
-  assert len(list(pipeline.prefetch_to_device(iter(local), 5, sharding))) == 3
+  assert len(list(base.prefetch_to_device(iter(local), 5, sharding))) == 3
   with pytest.raises(ValueError, match=r"prefetch size must be an int >= 1"):
-    next(pipeline.prefetch_to_device(iter(local), 0, sharding))
+    next(base.prefetch_to_device(iter(local), 0, sharding))

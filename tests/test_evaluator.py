@@ -1,16 +1,14 @@
-"""In-loop / CLI evaluator: guided samples -> FID + classifier metrics per guidance scale."""
+"""Plug-in evaluators (in-loop / CLI): guided samples -> FID + classifier metrics per scale."""
 
 import json
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from gandance_jax import config_lib
-from gandance_jax.evaluation import evaluator as evaluator_lib
+from gandance_jax.evaluation import evaluators
 from gandance_jax.evaluation import fid as fid_lib
-from gandance_jax.evaluation import features as features_lib
 from gandance_jax.networks import stylegan2
 
 
@@ -18,6 +16,12 @@ def _config():
   config = config_lib.base_config()
   config.data.update(dict(name="digits", resolution=16))
   return config
+
+
+def _suite(config, workdir):
+  """The evaluators of `config.evals` with their data, as the loop builds them."""
+  return evaluators.Suite(evaluators.parse_evals(config.evals),
+                          evaluators.EvalData(workdir, config.data))
 
 
 def _tiny_g():
@@ -28,23 +32,32 @@ def _tiny_g():
 
 def test_spec_validation_names_the_field():
   with pytest.raises(ValueError, match=r"config.evals.fid.type = 'kid'"):
-    evaluator_lib.parse_spec("fid", dict(type="kid"))
+    evaluators.parse_spec("fid", dict(type="kid"))
   with pytest.raises(ValueError, match=r"config.evals.e.num_sample = .*unknown field"):
-    evaluator_lib.parse_spec("e", dict(num_sample=10))
+    evaluators.parse_spec("e", dict(num_sample=10))
   with pytest.raises(ValueError, match=r"config.evals.e.guidance_scales"):
-    evaluator_lib.parse_spec("e", dict(guidance_scales=[1.0, float("nan")]))
+    evaluators.parse_spec("e", dict(guidance_scales=[1.0, float("nan")]))
   with pytest.raises(ValueError, match=r"config.evals.e.inception_weights"):
-    ev = evaluator_lib.Evaluator(_config(), "/tmp", specs=[
-        evaluator_lib.parse_spec("e", dict(extractor="inception"))])
-    ev.extractor(ev.specs[0])
+    evaluators.EvalData("/tmp", _config().data).extractor(
+        evaluators.parse_spec("e", dict(extractor="inception")))
 
 
 def test_due_schedule():
   config = _config()
   config.evals.a = dict(every_steps=10)
   config.evals.b = dict(every_steps=0)
-  ev = evaluator_lib.Evaluator(config, "/tmp")
-  assert [s.name for s in ev.due(20)] == ["a"] and ev.due(15) == []
+  config.evals.c = dict(every_steps=0, final=False)
+  suite = _suite(config, "/tmp")
+  assert [s.name for s in suite.due(20)] == ["a"] and suite.due(15) == []
+  assert [s.name for s in suite.final()] == ["a", "b"]
+
+
+def test_registry_finds_each_type():
+  assert sorted(evaluators.REGISTRY) == ["classifier", "fid", "precision_recall"]
+  data = evaluators.EvalData("/tmp", _config().data)
+  for name in evaluators.REGISTRY:
+    spec = evaluators.parse_spec(name, dict(type=name))
+    assert type(evaluators.make(spec, None, data)) is evaluators.REGISTRY[name]
 
 
 def test_fid_and_classifier_metrics_per_scale(tmp_path):
@@ -53,15 +66,15 @@ def test_fid_and_classifier_metrics_per_scale(tmp_path):
                           guidance_scales=[1.0, 2.0], mode="learned", every_steps=5,
                           batch_size=30)
   G, g_vars = _tiny_g()
-  ev = evaluator_lib.Evaluator(config, str(tmp_path))
+  suite = _suite(config, str(tmp_path))
   with pytest.warns(UserWarning, match="strongly biased"):
-    metrics = ev.run(G, g_vars, step=5)
+    metrics = suite.run(G, g_vars, 5, suite.due(5))
   keys = {"fid/fid@1", "fid/fid@2", "fid/class_accuracy@1", "fid/classifier_score@2",
           "fid/target_probability@1"}
   assert keys <= set(metrics)
   assert all(np.isfinite(v) for v in metrics.values())
   # An untrained generator is far from the real digits; the reference was cached.
-  ref_stats, ref_feats = ev.reference(ev.specs[0])
+  ref_stats, ref_feats = suite.data.reference(suite.specs[0])
   assert ref_stats.num_samples == 1797 and ref_feats.shape == (1797, ref_stats.dim)
   half = fid_lib.feature_statistics(ref_feats[::2])
   real_vs_real = fid_lib.frechet_distance(*half, ref_stats.mu, ref_stats.sigma)
@@ -78,9 +91,9 @@ def test_precision_recall_evaluator(tmp_path):
   config.evals.pr = dict(type="precision_recall", extractor="digits", num_samples=40,
                          guidance_scales=[1.0], batch_size=40)
   G, g_vars = _tiny_g()
-  ev = evaluator_lib.Evaluator(config, str(tmp_path))
+  suite = _suite(config, str(tmp_path))
   with pytest.warns(UserWarning):
-    m = ev.run(G, g_vars, step=0, specs=ev.specs)
+    m = suite.run(G, g_vars, 0, suite.specs)
   assert 0.0 <= m["pr/precision@1"] <= 1.0 and 0.0 <= m["pr/recall@1"] <= 1.0
 
 

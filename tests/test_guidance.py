@@ -9,7 +9,7 @@ import pytest
 
 from gandance_jax import guidance
 from gandance_jax.networks import stylegan2
-from gandance_jax.networks.stylegan2 import random_variables
+from tests.conftest import random_variables
 
 NUM_CLASSES = 7
 BATCH = 5

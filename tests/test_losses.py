@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gandance_jax import losses
+from gandance_jax.train import losses
 from gandance_jax.train import augment
 
 

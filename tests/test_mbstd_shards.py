@@ -39,12 +39,12 @@ def test_shards_group_each_block_separately():
 
 def test_batch_size_checks_name_the_field():
   mesh = sharding.make_mesh(1)
-  config = common.tiny_config(discriminator__mbstd_shards=3)
+  hp = common.tiny_hparams(discriminator__mbstd_shards=3)
   with pytest.raises(ValueError, match="config.discriminator.mbstd_shards = 3 is invalid"):
-    sharding.check_batch_size(config, mesh)
-  config = common.tiny_config(discriminator__mbstd_shards=2, train__batch_size=12)
+    sharding.check_batch_size(hp, mesh)
+  hp = common.tiny_hparams(discriminator__mbstd_shards=2, train__batch_size=12)
   with pytest.raises(ValueError, match="the 6 samples per minibatch-stddev shard"):
-    sharding.check_batch_size(config, mesh)
+    sharding.check_batch_size(hp, mesh)
 
 
 WORKER = r"""

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gandance_jax import config_lib
 from gandance_jax.networks import stylegan2
 from gandance_jax.train import loop
 from tests import _mp_common as common
@@ -101,7 +102,7 @@ def test_training_steps_stay_finite(tmp_path):
   config = common.tiny_config(generator__num_bf16_res=1, discriminator__num_bf16_res=1,
                               train__total_kimg=0.016, checkpoint_every_steps=2,
                               sample_every_steps=1000, log_every_steps=1)
-  loop.train(config, str(tmp_path))
+  loop.train(config_lib.validate_config(config), str(tmp_path))
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   rows = [r for r in records if "loss/G" in r]
   assert rows and all(np.isfinite(r[k]) for r in rows for k in

@@ -97,7 +97,8 @@ def test_two_processes_end_to_end(shared, tmp_path):
   assert str(saved) in os.listdir(workdir / "checkpoints")
 
   second = _wait(_start_processes(workdir, cache, tmp_path, "second", "--mode=all",
-                                  config=FID_CONFIG, class_accuracy__num_per_class=2,
+                                  config=FID_CONFIG, evals__class_accuracy__final=True,
+                                  evals__class_accuracy__num_samples=20,
                                   **every))
   assert f"Resumed from the checkpoint at step {saved}" in second[0]
 
@@ -105,13 +106,13 @@ def test_two_processes_end_to_end(shared, tmp_path):
   _assert_close_runs(reference, workdir)
 
   # In-loop evaluations at 8, 16 and 24 (by whichever run reached the step), one record each
-  # (process 0 writes); the final class accuracy once.
+  # (process 0 writes); the final class accuracy (evaluator `class_accuracy`) once.
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   fid_rows = {r["step"]: r for r in records if "fid/fid@1" in r and not r.get("eval")}
   assert sorted(fid_rows) == [8, 16, 24]
   assert sum(1 for r in records if "fid/fid@1" in r and not r.get("eval")) == 3
-  finals = [r for r in records if r.get("final")]
-  assert len(finals) == 1 and 0 <= finals[0]["class_accuracy"] <= 1
+  finals = [r for r in records if "class_accuracy/class_accuracy@1" in r and not r.get("eval")]
+  assert len(finals) == 1 and 0 <= finals[0]["class_accuracy/class_accuracy@1"] <= 1
   eval_rows = [r for r in records if r.get("eval")]
   assert len(eval_rows) == 1 and eval_rows[0]["step"] == 24
   # The CLI evaluation of the final checkpoint = the in-loop one at step 24 (same program).
@@ -121,23 +122,24 @@ def test_two_processes_end_to_end(shared, tmp_path):
   # One process, one device, the same checkpoint: the same FID (the 2-process run split the
   # 60 samples 30/30 and the 1797 real digits 898/899, then merged statistics).
   from gandance_jax import checkpoint, sample_cli
-  from gandance_jax.evaluation import evaluator as evaluator_lib
+  from gandance_jax.evaluation import evaluators
   G, g_vars, config, step = checkpoint.load_generator(str(workdir))
   assert step == common.NUM_STEPS
   config = common.tiny_config()
   from configs import digits
   config.evals = digits.get_config("shrink,fid").evals
-  single = evaluator_lib.Evaluator(config, str(tmp_path / "single"))
-  spec = single.specs[0]
+  [spec] = [s for s in evaluators.parse_evals(config.evals) if s.name == "fid"]
+  data = evaluators.EvalData(str(tmp_path / "single"), config.data)
+  single = evaluators.make(spec, G, data)
   [ref_path] = [p for p in (workdir / "reference").glob("*.npz")]
   ref_two = np.load(ref_path)
-  ref_one, _ = single.reference(spec)
+  ref_one, _ = data.reference(spec)
   # float32 features of other XLA options / batch compositions: ~1e-9 apart.
   assert int(ref_two["num_samples"]) == ref_one.num_samples == 1797
   np.testing.assert_allclose(ref_two["mu"], ref_one.mu, rtol=1e-6, atol=1e-8)
   np.testing.assert_allclose(ref_two["sigma"], ref_one.sigma, rtol=1e-5, atol=1e-8)
   for scale in spec.guidance_scales:
-    got = single.metrics_at(spec, G, g_vars, scale)
+    got = single.metrics_at(g_vars, scale)
     assert got["fid"] == pytest.approx(eval_rows[0][f"fid/fid@{scale:g}"], rel=1e-4)
     assert got["class_accuracy"] == pytest.approx(
         eval_rows[0][f"fid/class_accuracy@{scale:g}"], abs=1.5 / spec.num_samples)

@@ -167,7 +167,7 @@ def test_composition_with_toy_and_guidance():
   labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1], jnp.int32)
   v = {"g": random_vars(G, jnp.zeros((8, 4)), labels),
        "d": random_vars(D, jnp.zeros((8, 2)), labels, seed=1)}
-  guided = pp.toy_fns(G, D, pp.latents_fn(G, mode="training_free", scale=1.3))
+  guided = pp.gan_fns(G, D, pp.latents_fn(G, mode="training_free", scale=1.3))
   x, info = pp.make_drs_sampler(guided, jnp.zeros((3,)))(v, jax.random.key(6), labels)
   assert x.shape == (8, 2) and 0 < float(info["acceptance_rate"]) <= 1
   assert info["max_logit"].shape == (3,)

@@ -1,7 +1,6 @@
 """`--mode=sample` (gandance_jax.sample_cli): grids, interpolation strips, streamed .npz."""
 
 import os
-import sys
 import types
 
 import jax
@@ -10,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import gandance_jax
-from gandance_jax import config_lib, guidance, images, sample_cli
+from gandance_jax import config_lib, images, sample_cli
 from gandance_jax.networks import stylegan2
-from gandance_jax.networks.stylegan2 import random_variables
+from gandance_jax import sampler as sampler_lib
+from tests.conftest import random_variables
 
 TINY = dict(z_dim=16, w_dim=16, num_classes=7, resolution=16, img_channels=3,
             channel_base=128, channel_max=16, mapping_layers=2)
@@ -60,7 +59,7 @@ def test_run_with_generator_writes_everything(gen, tmp_path):
   np.testing.assert_array_equal(files[0]["arr_1"], files[1]["arr_1"])
   # The npz holds exactly the sampler's images (ADM quantisation) for those labels.
   key = jax.random.fold_in(jax.random.key(5), sample_cli._NPZ)  # pylint: disable=protected-access
-  sampler = guidance.make_sampler(G, mode="training_free", scale=1.3, num_opposite=3)
+  sampler = sampler_lib.make_sampler(G, mode="training_free", scale=1.3, num_opposite=3)
   expected = np.concatenate([images.to_uint8(x, "adm") for _, x in sampler.stream(
       v, key, files[1]["arr_1"].astype(np.int32), chunk_size=4)])
   np.testing.assert_array_equal(files[1]["arr_0"], expected)
@@ -120,7 +119,7 @@ def test_write_npz_stream(tmp_path):
 ])
 def test_bad_config_raises_before_compiling(gen, tmp_path, monkeypatch, overrides, field):
   G, v = gen
-  monkeypatch.setattr(guidance, "_compiled", _no_compile)
+  monkeypatch.setattr(sampler_lib, "_compiled", _no_compile)
   with pytest.raises(ValueError, match=f"config.{field} = "):
     sample_cli.run_with_generator(G, v, _sample_config(**overrides), str(tmp_path))
   assert not os.listdir(tmp_path)
@@ -131,7 +130,7 @@ def _no_compile(*args, **kwargs):
 
 
 def test_learned_needs_the_empty_class(tmp_path, monkeypatch):
-  monkeypatch.setattr(guidance, "_compiled", _no_compile)
+  monkeypatch.setattr(sampler_lib, "_compiled", _no_compile)
   G = stylegan2.Generator(empty_class=False, **TINY)
   with pytest.raises(ValueError, match="config.sample.mode = 'learned'.*empty_class"):
     sample_cli.run_with_generator(G, {}, _sample_config(mode="learned"), str(tmp_path))
@@ -145,8 +144,7 @@ def test_run_from_checkpoint(gen, tmp_path, monkeypatch):
     calls.append((workdir, which))
     return G, v, config_lib.base_config(), 1234
   fake = types.SimpleNamespace(load_generator_from=load_generator_from)
-  monkeypatch.setitem(sys.modules, "gandance_jax.checkpoint", fake)
-  monkeypatch.setattr(gandance_jax, "checkpoint", fake, raising=False)
+  monkeypatch.setattr(sample_cli, "checkpoint", fake)
   config = config_lib.base_config()
   config.sample = _sample_config(outputs=("grid",))
   out = sample_cli.run(config, str(tmp_path))

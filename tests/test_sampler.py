@@ -1,4 +1,4 @@
-"""The jit-compiled, sharded GANdance sampler (gandance_jax.guidance.make_sampler)."""
+"""The jit-compiled, sharded GANdance sampler (gandance_jax.sampler_lib.make_sampler)."""
 
 import json
 import os
@@ -13,7 +13,8 @@ import pytest
 
 from gandance_jax import guidance
 from gandance_jax.networks import stylegan2
-from gandance_jax.networks.stylegan2 import random_variables
+from gandance_jax import sampler as sampler_lib
+from tests.conftest import random_variables
 
 NUM_CLASSES = 7
 TINY = dict(z_dim=16, w_dim=16, num_classes=NUM_CLASSES, resolution=16, img_channels=3,
@@ -34,12 +35,12 @@ KEY = jax.random.key(42)
 
 def test_scale_one_is_the_unguided_sampler_bitwise(gen):
   G, v = gen
-  unguided = np.asarray(guidance.make_sampler(G, mode="none")(v, KEY, LABELS))
+  unguided = np.asarray(sampler_lib.make_sampler(G, mode="none")(v, KEY, LABELS))
   for mode, kwargs in (("training_free", dict(num_opposite=3)), ("learned", {})):
     for scale in (1.0, np.ones(G.num_ws)):
-      sampler = guidance.make_sampler(G, mode=mode, scale=scale, **kwargs)
+      sampler = sampler_lib.make_sampler(G, mode=mode, scale=scale, **kwargs)
       np.testing.assert_array_equal(np.asarray(sampler(v, KEY, LABELS)), unguided)
-  guided = np.asarray(guidance.make_sampler(G, mode="learned", scale=1.5)(v, KEY, LABELS))
+  guided = np.asarray(sampler_lib.make_sampler(G, mode="learned", scale=1.5)(v, KEY, LABELS))
   assert np.abs(guided - unguided).max() > 1e-3
 
 
@@ -50,20 +51,20 @@ def _mapping_fns(G, v):
 
 def test_sampler_latents_are_guided_ws(gen):
   G, v = gen
-  z = guidance.sample_z(KEY, np.arange(len(LABELS)), G.z_dim)
+  z = sampler_lib.sample_z(KEY, np.arange(len(LABELS)), G.z_dim)
   mapping = _mapping_fns(G, v)
   w_avg = guidance.w_avg_of(v)
   opposite = np.asarray([1, 2, 5], np.int32)
   for mode, kwargs, ref_kwargs in (
       ("training_free", dict(opposite_labels=opposite), dict(opposite_labels=opposite)),
       ("learned", {}, dict(empty_label=G.empty_label))):
-    sampler = guidance.make_sampler(G, mode=mode, scale=1.3, truncation_psi=0.8, **kwargs)
+    sampler = sampler_lib.make_sampler(G, mode=mode, scale=1.3, truncation_psi=0.8, **kwargs)
     expected = guidance.guided_ws(mapping, z, jnp.asarray(LABELS), scale=1.3,
                                   truncation_psi=0.8, w_avg=w_avg, num_ws=G.num_ws,
                                   **ref_kwargs)
     np.testing.assert_allclose(sampler.latents(v, KEY, LABELS), expected, rtol=1e-5, atol=1e-4)
   # Unguided latents are NVIDIA's truncated mapping of the same z.
-  none = guidance.make_sampler(G, mode="none", truncation_psi=0.8)
+  none = sampler_lib.make_sampler(G, mode="none", truncation_psi=0.8)
   nvidia = jax.jit(lambda v_, z_, c_: G.apply(v_, z_, c_, truncation_psi=0.8,
                                               method=G.mapping))(v, z, LABELS)
   np.testing.assert_allclose(none.latents(v, KEY, LABELS), nvidia, rtol=1e-5, atol=1e-4)
@@ -72,14 +73,14 @@ def test_sampler_latents_are_guided_ws(gen):
 def test_random_opposite_sets_are_per_sample_subsets(gen):
   G, v = gen
   idx = np.arange(40)
-  sets = np.asarray(guidance.sample_opposite_sets(KEY, idx, NUM_CLASSES, 3))
+  sets = np.asarray(sampler_lib.sample_opposite_sets(KEY, idx, NUM_CLASSES, 3))
   assert sets.shape == (40, 3) and sets.min() >= 0 and sets.max() < NUM_CLASSES
   assert all(len(set(row)) == 3 for row in sets.tolist())  # Without replacement.
   assert len({tuple(sorted(r)) for r in sets.tolist()}) > 10  # Drawn per sample.
   np.testing.assert_array_equal(  # A sample's set depends only on (key, its index).
-      guidance.sample_opposite_sets(KEY, idx[17:19], NUM_CLASSES, 3), sets[17:19])
-  sampler = guidance.make_sampler(G, mode="training_free", scale=1.4, num_opposite=3)
-  z = guidance.sample_z(KEY, np.arange(len(LABELS)), G.z_dim)
+      sampler_lib.sample_opposite_sets(KEY, idx[17:19], NUM_CLASSES, 3), sets[17:19])
+  sampler = sampler_lib.make_sampler(G, mode="training_free", scale=1.4, num_opposite=3)
+  z = sampler_lib.sample_z(KEY, np.arange(len(LABELS)), G.z_dim)
   mapping = _mapping_fns(G, v)
   expected = guidance.guided_ws(mapping, z, jnp.asarray(LABELS), scale=1.4,
                                 opposite_labels=sets[:len(LABELS)], num_ws=G.num_ws)
@@ -88,11 +89,11 @@ def test_random_opposite_sets_are_per_sample_subsets(gen):
 
 def test_compiled_once_per_batch_shape(gen):
   G, v = gen
-  samplers = [guidance.make_sampler(G, mode="learned", scale=s, truncation_psi=psi)
+  samplers = [sampler_lib.make_sampler(G, mode="learned", scale=s, truncation_psi=psi)
               for s, psi in ((1.2, 1.0), (1.4, 0.7), (2.0, 1.0))]
   spec = samplers[0].spec
   assert all(s.spec == spec for s in samplers)
-  compiled = guidance._compiled(spec, "sample")  # pylint: disable=protected-access
+  compiled = samplers[0].program("sample")
   samplers[0](v, KEY, LABELS)
   size = compiled._cache_size()  # pylint: disable=protected-access
   for sampler in samplers:  # Other scales, psi, keys and labels: no new compilation.
@@ -103,7 +104,7 @@ def test_compiled_once_per_batch_shape(gen):
 
 def test_stream_equals_one_batch(gen):
   G, v = gen
-  sampler = guidance.make_sampler(G, mode="learned", scale=1.3)
+  sampler = sampler_lib.make_sampler(G, mode="learned", scale=1.3)
   whole = np.asarray(sampler(v, KEY, LABELS))
   offsets, parts = zip(*sampler.stream(v, KEY, LABELS, chunk_size=4))
   assert offsets == (0, 4)  # The last chunk is padded to 4 and trimmed.
@@ -143,9 +144,9 @@ _TF = dict(mode="training_free", scale=1.3)
 ])
 def test_bad_options_raise_before_compiling(gen, monkeypatch, make_kwargs, match):
   G, _ = gen
-  monkeypatch.setattr(guidance, "_compiled", _no_compile)
+  monkeypatch.setattr(sampler_lib, "_compiled", _no_compile)
   with pytest.raises(ValueError, match=match):
-    guidance.make_sampler(G, **make_kwargs)
+    sampler_lib.make_sampler(G, **make_kwargs)
 
 
 def _no_compile(*args, **kwargs):
@@ -154,23 +155,23 @@ def _no_compile(*args, **kwargs):
 
 def test_bad_labels_and_models_raise_before_compiling(gen, monkeypatch):
   G, v = gen
-  monkeypatch.setattr(guidance, "_compiled", _no_compile)
+  monkeypatch.setattr(sampler_lib, "_compiled", _no_compile)
   G_plain = stylegan2.Generator(empty_class=False, **TINY)
   with pytest.raises(ValueError, match="'learned' needs a generator with the empty class"):
-    guidance.make_sampler(G_plain, mode="learned", scale=1.3)
-  sampler = guidance.make_sampler(G, mode="learned", scale=1.3)
+    sampler_lib.make_sampler(G_plain, mode="learned", scale=1.3)
+  sampler = sampler_lib.make_sampler(G, mode="learned", scale=1.3)
   with pytest.raises(ValueError, match=r"labels: label ids must be in \[0, 7\)"):
     sampler(v, KEY, np.asarray([0, 8]))
   with pytest.raises(ValueError, match=r"labels: label ids must be in \[0, 7\)"):
     sampler(v, KEY, np.asarray([-1, 2]))
   with pytest.raises(ValueError, match="labels: .*needs empty_class=True"):
-    guidance.make_sampler(G_plain, mode="training_free", scale=1.3)(v, KEY, np.asarray([7]))
+    sampler_lib.make_sampler(G_plain, mode="training_free", scale=1.3)(v, KEY, np.asarray([7]))
   with pytest.raises(ValueError, match="labels must be a non-empty"):
     list(sampler.stream(v, KEY, np.zeros((0,), np.int32), chunk_size=4))
   with pytest.raises(ValueError, match="chunk_size must be a positive"):
     list(sampler.stream(v, KEY, LABELS, chunk_size=0))
   with pytest.raises(ValueError, match="class-conditional"):
-    guidance.make_sampler(stylegan2.Generator(**{**TINY, "num_classes": 0}), mode="none")
+    sampler_lib.make_sampler(stylegan2.Generator(**{**TINY, "num_classes": 0}), mode="none")
 
 
 _SHARDED_SCRIPT = textwrap.dedent("""
@@ -178,8 +179,8 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, os.environ["TESTS_DIR"])
     from test_sampler import TINY
-    from gandance_jax.networks.stylegan2 import random_variables
-    from gandance_jax import guidance
+    from conftest import random_variables
+    from gandance_jax import sampler as sampler_lib
     from gandance_jax.networks import stylegan2
     from jax.sharding import PartitionSpec as P
 
@@ -190,9 +191,9 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     labels = np.arange(10, dtype=np.int32) % 7
     # Per-sample z, random opposite set (|C| = 3) and random noise: all index-derived.
     kwargs = dict(mode="training_free", scale=1.4, num_opposite=3, noise_mode="random")
-    one_device = guidance.make_sampler(G, devices=jax.devices()[:1], **kwargs)
+    one_device = sampler_lib.make_sampler(G, devices=jax.devices()[:1], **kwargs)
     whole = np.asarray(one_device(v, key, labels))
-    sharded = guidance.make_sampler(G, **kwargs)
+    sharded = sampler_lib.make_sampler(G, **kwargs)
     assert sharded.num_devices == 4
     chunks = list(sharded.stream(v, key, labels, chunk_size=4))
     streamed = np.concatenate([x for _, x in chunks])
@@ -200,7 +201,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     # Variables replicated over all 4 devices (as checkpoint.load_generator returns them)
     # feed a sampler on 2 of them.
     everywhere = jax.device_put(v, jax.sharding.NamedSharding(sharded.mesh, P()))
-    pair = guidance.make_sampler(G, mode="none", devices=jax.devices()[:2])
+    pair = sampler_lib.make_sampler(G, mode="none", devices=jax.devices()[:2])
     assert pair(everywhere, key, labels[:4]).shape == (4, 16, 16, 3)
     print(json.dumps(dict(
         offsets=[o for o, _ in chunks],

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gandance_jax import san
+from gandance_jax.networks import san
 from gandance_jax.networks import toy2d
 from tests.conftest import random_vars
 

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gandance_jax import guidance, toy_train
+from gandance_jax import sampler as sampler_lib
 from gandance_jax.networks import toy2d
+from gandance_jax.train import toy as toy_train
 
 K = 5
 
@@ -62,17 +63,17 @@ def test_generator_mirrors_stylegan2_split(gen):
 
 
 def test_gandance_sampler_applies_unchanged(gen):
-  """guidance.make_sampler (written for StyleGAN2) runs on the toy generator as is."""
+  """sampler_lib.make_sampler (written for StyleGAN2) runs on the toy generator as is."""
   G, v = gen
   labels = np.array([0, 1, 2, 3, 4, 0, 1], np.int32)
   key = jax.random.key(2)
-  plain = guidance.make_sampler(G, mode="none")(v, key, labels)
+  plain = sampler_lib.make_sampler(G, mode="none")(v, key, labels)
   assert plain.shape == (7, 2)
-  tf1 = guidance.make_sampler(G, mode="training_free", scale=1.0)(v, key, labels)
+  tf1 = sampler_lib.make_sampler(G, mode="training_free", scale=1.0)(v, key, labels)
   np.testing.assert_array_equal(tf1, plain)        # scale 1 is unguided, bit for bit
-  learned = guidance.make_sampler(G, mode="learned", scale=1.5)
+  learned = sampler_lib.make_sampler(G, mode="learned", scale=1.5)
   ws = learned.latents(v, key, labels)
-  z = guidance.sample_z(key, jnp.arange(7), G.z_dim)
+  z = sampler_lib.sample_z(key, jnp.arange(7), G.z_dim)
   w_c = G.apply(v, z, labels, broadcast=False, method=G.mapping)
   w_e = G.apply(v, z, jnp.full((7,), K), broadcast=False, method=G.mapping)
   np.testing.assert_allclose(ws[:, 0], w_e + 1.5 * (w_c - w_e), rtol=1e-5, atol=1e-5)

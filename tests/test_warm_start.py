@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from gandance_jax import checkpoint, warm_start
+from gandance_jax import config_lib
 from gandance_jax.train import loop
 from gandance_jax.train import state as state_lib
+from gandance_jax.train import warm_start
 from tests import _mp_common as common
 from tests.conftest import TEST_DATA_DIR
 
@@ -40,9 +41,10 @@ def _nvidia_config(**generator):
 
 
 def _fresh_state(config):
-  G, D = state_lib.build_models(config)
-  g_tx, d_tx = state_lib.make_optimizers(config)
-  return G, D, jax.jit(lambda: state_lib.init_train_state(config, G, D, g_tx, d_tx))()
+  hp = config_lib.validate_config(config)
+  G, D = state_lib.build_models(hp)
+  g_tx, d_tx = state_lib.make_optimizers(hp.train)
+  return G, D, jax.jit(lambda: state_lib.init_train_state(hp, G, D, g_tx, d_tx))()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_nvidia_weights_widened_compute_the_same(nvidia_npz, init):
   config = _nvidia_config()
   config.train.init_from, config.train.init_empty = str(path), init
   G, D, fresh = _fresh_state(config)
-  state = warm_start.apply(fresh, config)
+  state = warm_start.apply(fresh, config_lib.validate_config(config))
   assert G.empty_class and G.c_dim == 4
 
   # Every class: ws, images and D logits of NVIDIA's pre-trained networks (3 classes).
@@ -98,16 +100,16 @@ def test_mismatched_networks_are_named(nvidia_npz, tmp_path):
   config.train.init_from = str(path)
   _, _, fresh = _fresh_state(config)
   with pytest.raises(warm_start.WarmStartError, match="cond.npz.*shape"):
-    warm_start.apply(fresh, config)
+    warm_start.apply(fresh, config_lib.validate_config(config))
   config = _nvidia_config(num_classes=5)
   config.discriminator.num_classes = 5
   config.train.init_from = str(path)
   _, _, fresh = _fresh_state(config)
   with pytest.raises(warm_start.WarmStartError, match="3 label inputs.*num_classes = 5"):
-    warm_start.apply(fresh, config)
+    warm_start.apply(fresh, config_lib.validate_config(config))
   config.train.init_from = str(tmp_path / "nowhere.npz")
   with pytest.raises(warm_start.WarmStartError, match="does not exist"):
-    warm_start.apply(fresh, config)
+    warm_start.apply(fresh, config_lib.validate_config(config))
 
 
 def test_fine_tune_a_run_of_this_project(tmp_path):
@@ -120,12 +122,12 @@ def test_fine_tune_a_run_of_this_project(tmp_path):
                                   discriminator__empty_class=False,
                                   train__label_reset_prob=0.0, sample__mode="training_free",
                                   **steps)
-  loop.train(pre_config, str(tmp_path / "pre"))
-  pre, _ = checkpoint.load_train_state(str(tmp_path / "pre"))
+  loop.train(config_lib.validate_config(pre_config), str(tmp_path / "pre"))
+  pre, _ = state_lib.load_train_state(str(tmp_path / "pre"))
 
   config = common.tiny_config(train__init_from=str(tmp_path / "pre"), seed=1, **steps)
-  loop.train(config, str(tmp_path / "ft"))
-  tuned, step = checkpoint.load_train_state(str(tmp_path / "ft"))
+  loop.train(config_lib.validate_config(config), str(tmp_path / "ft"))
+  tuned, step = state_lib.load_train_state(str(tmp_path / "ft"))
   scratch_config = common.tiny_config(seed=1, **steps)
   _, _, scratch = _fresh_state(scratch_config)
   assert step == 2
@@ -146,7 +148,6 @@ def test_fine_tune_a_run_of_this_project(tmp_path):
 
 
 def test_config_checks():
-  from gandance_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = common.tiny_config(train__init_empty="zero")
   with pytest.raises(config_lib.ConfigError, match="config.train.init_empty = 'zero'"):
     config_lib.validate_config(config)

@@ -14,6 +14,8 @@ rows compare with docs/sweep_digits (p0.1 there: the empty class trained from sc
 
 import types
 
+from gandance_jax import config_lib
+
 
 def get_config(arg: str = "") -> types.SimpleNamespace:
   sweep = types.SimpleNamespace()
@@ -39,7 +41,7 @@ def get_config(arg: str = "") -> types.SimpleNamespace:
       "cont_training_free": dict(runs=["cont"], mode="training_free", num_opposite=[10],
                                  scales=scales),
   }
-  if "shrink" in arg:  # seconds-long version for tests
+  if config_lib.parse_arg(arg, shrink=False).shrink:  # seconds-long version for tests
     sweep.base_config = "configs/digits.py:shrink"
     sweep.runs["ft"]["train.total_kimg"] = 0.016
     sweep.eval = dict(extractor="digits", num_samples=40, batch_size=20, seed=0)

@@ -11,6 +11,8 @@ comes with every cell.
 
 import types
 
+from gandance_jax import config_lib
+
 
 def get_config(arg: str = "") -> types.SimpleNamespace:
   # A plain namespace rather than a ConfigDict: run overrides are keyed by dotted names.
@@ -40,7 +42,7 @@ def get_config(arg: str = "") -> types.SimpleNamespace:
           "<=8: 1.4, 16: 1.2": "4:1.4,8:1.4,16:1.2",
       }),
   }
-  if "shrink" in arg:  # seconds-long version for tests
+  if config_lib.parse_arg(arg, shrink=False).shrink:  # seconds-long version for tests
     sweep.base_config = "configs/digits.py:shrink"
     sweep.runs = {"p0.2": {"train.label_reset_prob": 0.2}}
     sweep.eval = dict(extractor="digits", num_samples=40, batch_size=20, seed=0)

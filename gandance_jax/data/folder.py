@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from gandance_jax.data import pipeline
+from gandance_jax.data import base
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -49,6 +50,17 @@ def _to_mode(image, channels: int):
 def _pil_to_array(image) -> np.ndarray:
   array = np.asarray(image, dtype=np.uint8)
   return array[..., None] if array.ndim == 2 else array
+
+
+def _resolution(resolution: Any, size: tuple[int, int] | None, what: str, field: str) -> int:
+  """The configured resolution, or the native one of square images of `size` (w, h)."""
+  if resolution is not None:
+    return base.check_resolution(resolution)
+  w, h = size
+  if w != h:
+    raise ValueError(f"{what} are {w}x{h}, not square; set data.resolution to centre-crop "
+                     "and resize them")
+  return base.check_resolution(w, field=field)
 
 
 def _check_exists(path: str | os.PathLike, field: str = "data.path") -> Path:
@@ -100,13 +112,7 @@ def load_npz(path: str | os.PathLike, *, resolution: int | None = None,
     raise ValueError(f"{path}: labels out of range: [{labels.min()}, {labels.max()}]; "
                      "they must be class ids >= 0")
   n, h, w, c = images.shape
-  if resolution is None:
-    if h != w:
-      raise ValueError(f"{path}: images are {h}x{w}, not square; set data.resolution to "
-                       "centre-crop and resize them")
-    resolution = pipeline.check_resolution(h, field=f"{path}: image size")
-  else:
-    resolution = pipeline.check_resolution(resolution)
+  resolution = _resolution(resolution, (w, h), f"{path}: images", f"{path}: image size")
   channels = c if channels is None else channels
   if channels not in (1, 3):
     raise ValueError(f"data.channels must be 1 or 3, got {channels!r}")
@@ -176,13 +182,8 @@ def load_image_folder(root: str | os.PathLike, *, resolution: int | None = None,
     if len(sizes) > 1:
       raise ValueError(f"images under {str(root)!r} have different sizes {sizes[:4]}; set "
                        "data.resolution to centre-crop and resize them to one size")
-    w, h = sizes[0]
-    if w != h:
-      raise ValueError(f"images under {str(root)!r} are {w}x{h}, not square; set "
-                       "data.resolution to centre-crop and resize them")
-    resolution = pipeline.check_resolution(w, field=f"image size under {str(root)!r}")
-  else:
-    resolution = pipeline.check_resolution(resolution)
+  resolution = _resolution(resolution, sizes[0] if resolution is None else None,
+                           f"images under {str(root)!r}", f"image size under {str(root)!r}")
   if channels is None:
     grey_modes = ("1", "L", "LA", "I", "I;16", "F")
     channels = 1 if all(mode in grey_modes for _, mode in headers) else 3

@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from gandance_jax.data import pipeline
+from gandance_jax.data import base
 
-# Purpose tag of the per-step numpy seed sequence (see pipeline.py for the others).
+# Purpose tag of the per-step numpy seed sequence (see base.py for the others).
 _MIX_TAG = 0x4D495854  # 'MIXT'
 
 
@@ -161,7 +161,7 @@ def get_spec(name: str) -> MixtureSpec:
     return imbalanced_8gaussians()
   if name == "mixture_25gaussians":
     return grid_25gaussians()
-  raise ValueError(f"data.name must be one of {list(pipeline.MIXTURE_NAMES)}, got {name!r}")
+  raise ValueError(f"data.name must be one of {list(base.MIXTURE_NAMES)}, got {name!r}")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -221,7 +221,7 @@ def evaluate(points: Any, spec: MixtureSpec, *, num_std: float = 4.0,
 # ----------------------------------------------------------------------------- source
 
 
-class MixtureSource(pipeline.StepSource):
+class MixtureSource(base.StepSource):
   """Infinite stream of mixture samples; batch `step` is a pure function of (seed, step).
 
   The whole global batch is drawn from `default_rng([seed, MIX, step])` and process p takes
@@ -236,14 +236,14 @@ class MixtureSource(pipeline.StepSource):
     self.resolution = None
     self.channels = 2
     self.num_examples = None
-    self.seed = pipeline.check_seed(seed)
+    self.seed = base.check_seed(seed)
 
   @property
   def example_shape(self) -> tuple[int, ...]:
     return (2,)
 
   def process_batch_at(self, step: int, global_batch_size: int, process_index: int,
-                       process_count: int) -> pipeline.Batch:
+                       process_count: int) -> base.Batch:
     b = global_batch_size // process_count
     rng = np.random.default_rng([self.seed, _MIX_TAG, step])
     points, labels = sample_from_rng(self.spec, rng, global_batch_size)

@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from gandance_jax.data import pipeline
-from gandance_jax.data.pipeline import prefetch_to_device  # re-exported for the trainer
+from gandance_jax.data import base
 
-__all__ = ["TfdsSource", "DATASETS", "prefetch_to_device"]
+__all__ = ["TfdsSource", "DATASETS"]
 
 # name -> (native resolution, num_classes, channels, train examples)
 DATASETS = {
@@ -58,7 +57,7 @@ def _tf():
   return tf
 
 
-class TfdsSource(pipeline.Source):
+class TfdsSource(base.Source):
   """A TFDS image-classification dataset as per-process numpy batches (see module doc)."""
 
   def __init__(self, name: str, *, resolution: int | None = None, xflip: bool = False,
@@ -82,12 +81,12 @@ class TfdsSource(pipeline.Source):
     self.name = name
     self.native_resolution = native
     self.resolution = (native if resolution is None else
-                       pipeline.check_resolution(resolution))
+                       base.check_resolution(resolution))
     self.num_classes = num_classes
     self.channels = channels
     self.num_examples = num_examples if split == "train" else None
-    self.xflip = pipeline.check_bool(xflip, "data.xflip")
-    self.seed = pipeline.check_seed(seed)
+    self.xflip = base.check_bool(xflip, "data.xflip")
+    self.seed = base.check_seed(seed)
     self.data_dir = data_dir
     self.split = split
     if shuffle_buffer < 1:
@@ -100,16 +99,16 @@ class TfdsSource(pipeline.Source):
     """The tf.data.Dataset of this process's batches (dicts of tf tensors)."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     tf = _tf()
-    b, process_index, process_count = pipeline.process_layout(
+    b, process_index, process_count = base.process_layout(
         global_batch_size, process_index, process_count)
-    start_step = pipeline.check_step(start_step)
+    start_step = base.check_step(start_step)
 
     split = tfds.even_splits(self.split, n=process_count, drop_remainder=True)[process_index]
-    base = tfds.load(self.name, split=split, data_dir=self.data_dir, shuffle_files=False,
+    records = tfds.load(self.name, split=split, data_dir=self.data_dir, shuffle_files=False,
                      download=self.download,
                      decoders={"image": tfds.decode.SkipDecoding()})
-    base = base.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
-    n_local = int(base.cardinality())
+    records = records.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    n_local = int(records.cardinality())
     if n_local < 1:
       raise ValueError(
           f"{self.name}: the '{self.split}' shard of process {process_index}/"
@@ -125,7 +124,7 @@ class TfdsSource(pipeline.Source):
       epoch_seed = tf.random.stateless_uniform(
           [], seed=tf.stack([tf.constant(seed, tf.int64), e]), minval=None, maxval=None,
           dtype=tf.int64)
-      return base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+      return records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
 
     ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
     ds = ds.skip(offset).enumerate(start=start_example)

@@ -11,7 +11,6 @@ Results go to `<workdir>/metrics.jsonl` (one record, `"eval": true`) and are pri
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -19,16 +18,16 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from gandance_jax import checkpoint
 from gandance_jax import multihost
-from gandance_jax.evaluation import evaluator as evaluator_lib
-from gandance_jax.evaluation import features as features_lib
+from gandance_jax.data import folder
+from gandance_jax.evaluation import evaluators
 from gandance_jax.evaluation import fid as fid_lib
-from gandance_jax.evaluation import scores as scores_lib
 
 
-def default_specs(config: ml_collections.ConfigDict) -> list[evaluator_lib.EvalSpec]:
+def default_specs(config: ml_collections.ConfigDict) -> list[evaluators.EvalSpec]:
   """config.evals, or one digits FID over config.sample's scales when none is configured."""
-  specs = evaluator_lib.parse_evals(config)
+  specs = evaluators.parse_evals(config.get("evals", {}) or {})
   if specs:
     return specs
   if config.data.name != "digits":
@@ -38,7 +37,7 @@ def default_specs(config: ml_collections.ConfigDict) -> list[evaluator_lib.EvalS
                      "fields can then be overridden with --config.evals.fid10k.<field>=...")
   s = config.sample
   mode = s.mode if config.generator.empty_class or s.mode != "learned" else "training_free"
-  return [evaluator_lib.parse_spec("fid", dict(
+  return [evaluators.parse_spec("fid", dict(
       type="fid", extractor="digits", num_samples=int(s.num_samples),
       guidance_scales=[float(x) for x in s.scales], mode=mode,
       num_opposite=int(s.num_opposite), truncation_psi=float(s.truncation_psi),
@@ -48,7 +47,6 @@ def default_specs(config: ml_collections.ConfigDict) -> list[evaluator_lib.EvalS
 def _load_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
   """uint8 images [N, H, W, C] and labels (or None) of an ADM npz or a class folder."""
   if os.path.isdir(path):
-    from gandance_jax.data import folder  # pylint: disable=g-import-not-at-top
     images, labels, _ = folder.load_image_folder(path)
     return images, labels
   if not os.path.exists(path):
@@ -65,29 +63,12 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str, path: str
                      ) -> dict[str, float]:
   """FID / classifier metrics of the images in `path` against each spec's reference."""
   images, labels = _load_images(path)
-  ev = evaluator_lib.Evaluator(config, workdir, specs=default_specs(config))
+  data = evaluators.EvalData(workdir, config.data)
   out: dict[str, float] = {}
-  for spec in ev.specs:
-    ext = ev.extractor(spec)
-    ext.warn_if_few(len(images))
-    # Each process featurises its share of the file; all receive every feature.
-    feats, logits = features_lib.extract_shared(ext, images, batch_size=spec.batch_size)
-    if spec.type == "fid":
-      ref, _ = ev.reference(spec)
-      stats = fid_lib.FIDStatistics(*fid_lib.feature_statistics(feats),
-                                    convention=ext.convention, extractor=ext.name,
-                                    num_samples=len(feats), quantize="uint8")
-      out[f"{spec.name}/fid"] = stats.frechet_distance(ref)
-    elif spec.type == "precision_recall":
-      from gandance_jax.evaluation import precision_recall  # pylint: disable=g-import-not-at-top
-      _, ref_feats = ev.reference(spec)
-      p, r = precision_recall.precision_recall(ref_feats, feats)
-      out[f"{spec.name}/precision"], out[f"{spec.name}/recall"] = p, r
-    if spec.extractor == "digits":
-      for k, v in scores_lib.classifier_metrics(logits, labels).items():
-        out[f"{spec.name}/{k}"] = float(v)
-    else:
-      out[f"{spec.name}/inception_score"] = float(scores_lib.inception_score(logits))
+  for spec in default_specs(config):
+    samples = data.of_images(spec, images, labels)
+    for metric, value in evaluators.make(spec, None, data).metrics(samples).items():
+      out[f"{spec.name}/{metric}"] = value
   return out
 
 
@@ -102,18 +83,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, which: str = "latest"
     metrics = evaluate_samples(config, workdir, path)
     record: dict[str, Any] = {"eval": True, "samples": path, **metrics}
   else:
-    from gandance_jax import checkpoint  # pylint: disable=g-import-not-at-top
     G, g_vars, ckpt_config, step = checkpoint.load_generator_from(workdir, which)
     # The data/evals of the command line win; the networks come from the checkpoint.
-    ev = evaluator_lib.Evaluator(config, workdir, specs=default_specs(config))
-    metrics = ev.run(G, g_vars, step, specs=ev.specs,
-                     metrics_path=os.path.join(workdir, "eval_metrics.jsonl"))
+    suite = evaluators.Suite(default_specs(config), evaluators.EvalData(workdir, config.data))
+    metrics = suite.run(G, g_vars, step, suite.specs,
+                        metrics_path=os.path.join(workdir, "eval_metrics.jsonl"))
     del ckpt_config
     record = {"eval": True, "step": int(step), "checkpoint": which, **metrics}
+  checkpoint.append_metrics(checkpoint.metrics_path(workdir), record)
   if multihost.is_main():
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, evaluator_lib.METRICS_FILE), "a") as f:
-      f.write(json.dumps(record) + "\n")
     for k, v in metrics.items():
       print(f"{k}: {v:.6g}")
   logging.info("eval: %s", record)

@@ -33,7 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gandance_jax.data.digits import load_digits
 from gandance_jax.evaluation import features as features_lib
+from gandance_jax.evaluation import scores
+from gandance_jax.evaluation import weights
 
 VERSION = 1  # bump when the architecture or the training recipe changes (invalidates caches)
 FEATURE_DIM = 128
@@ -73,7 +76,6 @@ def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def heldout_split(resolution: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """(train_images, train_labels, heldout_images, heldout_labels) of the fixed split."""
-  from gandance_jax.data.digits import load_digits  # pylint: disable=g-import-not-at-top
   images, labels = load_digits(resolution=resolution)
   tr, te = _split(len(labels), SEED)
   return images[tr], labels[tr], images[te], labels[te]
@@ -175,7 +177,6 @@ def _load_or_train(resolution: int, path: str) -> tuple[dict[str, Any], float]:
     return cached
   variables, acc = train(resolution)
   logging.info("digits classifier r%d trained: held-out accuracy %.4f", resolution, acc)
-  from gandance_jax.evaluation import weights  # pylint: disable=g-import-not-at-top
   arrays = _flatten(variables)
   arrays.update({"meta.version": np.array(VERSION), "meta.resolution": np.array(resolution),
                  "meta.heldout_accuracy": np.array(acc)})
@@ -230,5 +231,4 @@ def predict_logits(images: Any, *, resolution: int = 16, batch_size: int = 256) 
 
 def class_accuracy(images: Any, labels: Any, *, resolution: int = 16) -> float:
   """Fraction of images the classifier assigns to their label (e.g. the conditioning class)."""
-  from gandance_jax.evaluation import scores  # pylint: disable=g-import-not-at-top
   return scores.class_accuracy(labels, logits=predict_logits(images, resolution=resolution))

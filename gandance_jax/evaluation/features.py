@@ -37,9 +37,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from gandance_jax import images, multihost
+
 
 CONVENTIONS = ("pytorch_fid", "tf1")
-QUANTIZE_MODES = ("none", "adm", "nvidia")
+QUANTIZE_MODES = ("none",) + images.QUANTIZATIONS
 # Images a little outside [-1, 1] (float round-off in a generator's last layer) are accepted.
 RANGE_TOLERANCE = 1e-3
 
@@ -372,8 +374,18 @@ def extract_shared(extractor: FeatureExtractor,
     (features [N, D], logits [N, K]) float32 numpy, on every process; with one process
     exactly `extract(extractor, images)`. A collective: every process must call it.
   """
-  from gandance_jax import multihost  # pylint: disable=g-import-not-at-top
   start, stop = multihost.process_share(int(images.shape[0]))
   feats, logits = extract(extractor, images[start:stop], batch_size=batch_size,
                           progress=progress)
   return multihost.gather_rows(feats), multihost.gather_rows(logits)
+
+
+def run_cli(command: Callable[[], None]) -> int:
+  """Runs a command-line action: 0, or 1 with the error printed for the errors a user can
+  fix (a bad value, a missing optional package, a missing file)."""
+  try:
+    command()
+  except (ValueError, ImportError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0

@@ -44,7 +44,11 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from gandance_jax import multihost
+from gandance_jax.data.digits import load_digits
+from gandance_jax.evaluation import digits_classifier
 from gandance_jax.evaluation import features as features_lib
+from gandance_jax.evaluation import inception, weights
 
 
 class StreamingStatistics:
@@ -103,7 +107,6 @@ class StreamingStatistics:
     Each process's (count, mean, scatter) travels bit-exactly (float64 as raw words) and
     the parts are merged in process order, so all processes finalize the same numbers.
     """
-    from gandance_jax import multihost  # pylint: disable=g-import-not-at-top
     packed = np.concatenate([[float(self.count)], self._mean, self._scatter.ravel()])
     parts = multihost.allgather(packed)  # [P, 1 + D + D * D] float64
     out = StreamingStatistics(self.dim)
@@ -253,7 +256,6 @@ class FIDStatistics:
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes `.npz`: `mu`, `sigma` (pytorch-fid layout) + provenance keys (atomically)."""
-    from gandance_jax.evaluation import weights  # pylint: disable=g-import-not-at-top
     weights.save_npz_atomic(path, {
         "mu": self.mu, "sigma": self.sigma,
         "convention": np.array(self.convention), "extractor": np.array(self.extractor),
@@ -278,10 +280,6 @@ class FIDStatistics:
     """FID to `other`, after `check_compatible`."""
     self.check_compatible(other)
     return frechet_distance(self.mu, self.sigma, other.mu, other.sigma, **kwargs)
-
-
-def fid_from_statistics(a: FIDStatistics, b: FIDStatistics, **kwargs) -> float:
-  return a.frechet_distance(b, **kwargs)
 
 
 def _str_key(f, key: str) -> str | None:
@@ -394,9 +392,7 @@ def statistics_from_npz_images(path: str | os.PathLike, extractor: features_lib.
 
 def _make_extractor(args) -> features_lib.FeatureExtractor:
   if args.extractor == "digits":
-    from gandance_jax.evaluation import digits_classifier  # pylint: disable=g-import-not-at-top
     return digits_classifier.get_extractor(resolution=args.resolution)
-  from gandance_jax.evaluation import inception, weights  # pylint: disable=g-import-not-at-top
   if not args.weights:
     raise ValueError(f"--weights is required for the Inception extractor (download "
                      f"{weights.FID_WEIGHTS_URL} and convert it)")
@@ -423,11 +419,11 @@ def main(argv: list[str] | None = None) -> int:
   f.add_argument("b")
   f.add_argument("--convention", default=None, help="for files that record none")
   args = parser.parse_args(argv)
-  try:
+
+  def command() -> None:
     if args.cmd == "ref":
       extractor = _make_extractor(args)
       if args.images == "digits":
-        from gandance_jax.data.digits import load_digits  # pylint: disable=g-import-not-at-top
         images = load_digits(resolution=args.resolution)[0]
         if extractor.channels == 3:
           images = np.repeat(images, 3, axis=-1)
@@ -441,10 +437,7 @@ def main(argv: list[str] | None = None) -> int:
       a = load_statistics(args.a, convention=args.convention)
       b = load_statistics(args.b, convention=args.convention)
       print(f"FID: {a.frechet_distance(b):.6f}")
-  except (ValueError, ImportError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  return features_lib.run_cli(command)
 
 
 if __name__ == "__main__":

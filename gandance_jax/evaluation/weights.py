@@ -29,7 +29,8 @@ import tempfile
 from collections.abc import Mapping
 
 import numpy as np
-
+from gandance_jax.evaluation import features as features_lib
+from gandance_jax.evaluation import inception
 from gandance_jax import interop
 
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -133,7 +134,6 @@ def convert(pth_path: str | os.PathLike, npz_path: str | os.PathLike, *,
   state = load_pth_state_dict(pth_path)
   state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
   if check_layout:
-    from gandance_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
     inception.from_pytorch_fid_state_dict(state)  # raises a ValueError naming bad keys
   save_npz_atomic(npz_path, state)
   return digest
@@ -156,16 +156,14 @@ def main(argv: list[str] | None = None) -> int:
   v.add_argument("path")
   v.add_argument("--prefix", default=None)
   args = parser.parse_args(argv)
-  try:
+
+  def command() -> None:
     if args.cmd == "convert":
       digest = convert(args.pth, args.npz, verify=not args.no_verify, prefix=args.prefix)
       print(f"sha256 {digest}\nwrote {args.npz}")
     else:
       print(f"ok sha256 {verify_sha256_prefix(args.path, args.prefix)}")
-  except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  return features_lib.run_cli(command)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,14 @@ import numpy as np
 
 from gandance_jax import layers
 from gandance_jax.layers import BUFFERS, Conv2dLayer, FullyConnectedLayer
+from gandance_jax.networks.base import (NOISE_MODES, ConditionalLabels, check_classes,
+                                        validate_labels)
 
 Array = jax.Array
 Variables = Mapping[str, Any]
 
 G_ARCHITECTURES = ("orig", "skip", "resnet")
 D_ARCHITECTURES = ("orig", "skip", "resnet")
-NOISE_MODES = ("random", "const", "none")
 
 
 # --------------------------------------------------------------------------------------
@@ -61,31 +62,12 @@ def _check_choice(value: Any, allowed: Sequence[Any], field: str) -> None:
     raise ValueError(f"{field} must be one of {list(allowed)}, got {value!r}")
 
 
-def _is_concrete(x: Any) -> bool:
-  return not isinstance(x, jax.core.Tracer)
-
-
-def validate_labels(labels: Any, num_classes: int, empty_class: bool) -> None:
-  """Raises ValueError if integer ``labels`` hold ids the network has no embedding row for.
-
-  Valid ids are [0, num_classes), plus ``num_classes`` (the empty condition) when
-  ``empty_class``. Traced labels (inside jit) cannot be checked here; callers such as the
-  sampler check them on the host before compiling.
-  """
-  if not _is_concrete(labels):
-    return
-  arr = np.asarray(labels)
-  if arr.size == 0:
-    return
-  if not np.issubdtype(arr.dtype, np.integer):
-    raise ValueError(f"integer labels expected, got dtype {arr.dtype}")
-  hi = num_classes + (1 if empty_class else 0)
-  bad = arr[(arr < 0) | (arr >= hi)]
-  if bad.size:
-    allowed = f"[0, {num_classes})" + (f" or {num_classes} (empty class)" if empty_class else "")
-    hint = ("" if empty_class or not np.any(bad == num_classes) else
-            f"; id {num_classes} is the empty class, which needs empty_class=True")
-    raise ValueError(f"label ids must be in {allowed}, got {sorted(set(bad.tolist()))[:8]}{hint}")
+def _check_network_fields(net: Any, architectures: Sequence[str]) -> None:
+  """The field checks G and D share: resolution, architecture, bf16 layers, classes."""
+  _check_resolution(net.resolution, "resolution")
+  _check_choice(net.architecture, architectures, "architecture")
+  _check_bf16_res(net.num_bf16_res)
+  check_classes(net.num_classes, net.empty_class)
 
 
 def labels_to_vectors(labels: Array, c_dim: int, num_classes: int, empty_class: bool) -> Array:
@@ -103,31 +85,6 @@ def labels_to_vectors(labels: Array, c_dim: int, num_classes: int, empty_class: 
 
 # --------------------------------------------------------------------------------------
 # Mapping network.
-
-
-def check_classes(num_classes: int, empty_class: bool) -> None:
-  """Raises ValueError for a negative class count or an empty class without classes."""
-  if num_classes < 0:
-    raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-  if empty_class and num_classes == 0:
-    raise ValueError("empty_class=True needs num_classes > 0")
-
-
-class ConditionalLabels:
-  """Label arithmetic of a class-conditional module with `num_classes` and `empty_class`
-  fields (G and D here and in networks/toy2d.py)."""
-  num_classes: int
-  empty_class: bool
-
-  @property
-  def c_dim(self) -> int:
-    """Label embedding inputs: the classes plus, with `empty_class`, the empty one."""
-    return self.num_classes + (1 if self.empty_class else 0)
-
-  @property
-  def empty_label(self) -> int | None:
-    """The id of the empty condition, or None without `empty_class`."""
-    return self.num_classes if self.empty_class else None
 
 
 class MappingNetwork(nn.Module):
@@ -418,7 +375,8 @@ class SynthesisNetwork(nn.Module):
 
 
 class Generator(ConditionalLabels, nn.Module):
-  """Class-conditional StyleGAN2 generator with separate `mapping` and `synthesis` methods."""
+  """Class-conditional StyleGAN2 generator with separate `mapping` and `synthesis` methods
+  (implements `networks.base.ConditionalGenerator`)."""
   z_dim: int = 512                    # Input latent (Z) dimensionality.
   w_dim: int = 512                    # Intermediate latent (W) dimensionality.
   num_classes: int = 0                # Number of real classes, 0 = unconditional.
@@ -437,10 +395,7 @@ class Generator(ConditionalLabels, nn.Module):
   num_bf16_res: int = 0               # Highest resolutions computed in bfloat16 (0 = none).
 
   def __post_init__(self):
-    _check_resolution(self.resolution, "resolution")
-    _check_choice(self.architecture, G_ARCHITECTURES, "architecture")
-    _check_bf16_res(self.num_bf16_res)
-    check_classes(self.num_classes, self.empty_class)
+    _check_network_fields(self, G_ARCHITECTURES)
     for field in ("z_dim", "w_dim", "mapping_layers", "img_channels"):
       if getattr(self, field) <= 0 and not (field == "z_dim" and self.num_classes > 0):
         raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
@@ -599,10 +554,7 @@ class Discriminator(ConditionalLabels, nn.Module):
   num_bf16_res: int = 0               # Highest resolutions computed in bfloat16 (0 = none).
 
   def __post_init__(self):
-    _check_resolution(self.resolution, "resolution")
-    _check_choice(self.architecture, D_ARCHITECTURES, "architecture")
-    _check_bf16_res(self.num_bf16_res)
-    check_classes(self.num_classes, self.empty_class)
+    _check_network_fields(self, D_ARCHITECTURES)
     super().__post_init__()
 
   @nn.compact
@@ -693,30 +645,6 @@ def init_discriminator(D: Discriminator, key: Array | int, batch_size: int | Non
   if batch_size is None:
     batch_size = max(4, D.mbstd_shards * (D.mbstd_group_size or 1))
   return jax.tree_util.tree_map(lambda x: x, _init_discriminator(D, _as_key(key), batch_size))
-
-
-def random_variables(G: Generator, seed: int = 0) -> dict[str, Any]:
-  """G's variables drawn with numpy from the distributions `G.init` uses, without tracing it.
-
-  Weights N(0, 1) (std 100 for the lr-0.01 mapping layers, as G.init draws them), biases
-  near their init (1 for affine layers) plus 0.1 N(0, 1), the real FIR filters, and non-zero
-  noise strengths / w_avg / noise_const so that noise and truncation have visible effects.
-  For tests and benchmarks, where compiling the init costs seconds on a CPU.
-  """
-  shapes = jax.eval_shape(lambda k: init_generator(G, k), jax.random.key(0))
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, s):
-    names = [getattr(p, "key", "") for p in path]
-    if names[-1] == "resample_filter":
-      return jnp.asarray(layers.setup_filter(G.resample_filter))
-    if names[-1] == "bias":
-      return jnp.asarray((1.0 if "affine" in names else 0.0)
-                         + 0.1 * rng.standard_normal(s.shape), jnp.float32)
-    std = 100.0 if "mapping_network" in names and names[-2].startswith("fc") else 1.0
-    return jnp.asarray(std * rng.standard_normal(s.shape), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 def _as_key(key: Array | int) -> Array:
@@ -876,16 +804,9 @@ def discriminator_from_torch_state_dict(state: Mapping[str, Any], **settings: An
   return D, variables_from_torch_state_dict(D, _strip_prefix(state, "D."))
 
 
-def settings_from_json(path: str) -> dict[str, Any]:
-  """Reads a settings JSON (as in ../shared/golden/stylegan2_ada/) into a dict."""
-  import json  # pylint: disable=g-import-not-at-top
-  with open(path) as f:
-    return json.load(f)
-
-
 __all__ = [
     "Generator", "Discriminator", "MappingNetwork", "SynthesisNetwork",
     "generator_from_torch_state_dict", "discriminator_from_torch_state_dict",
     "variables_from_torch_state_dict",
-    "init_generator", "init_discriminator", "validate_labels", "settings_from_json",
+    "init_generator", "init_discriminator", "validate_labels",
 ]

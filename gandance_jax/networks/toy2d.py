@@ -1,7 +1,7 @@
 """Class-conditional MLP generator and discriminator for the 2D mixture toys.
 
 The generator mirrors StyleGAN2's split so that everything written against
-`stylegan2.Generator` (GANdance guidance, truncation, `guidance.make_sampler`) applies
+`stylegan2.Generator` (GANdance guidance, truncation, `sampler.make_sampler`) applies
 unchanged:
 
   G.apply(v, z, labels, truncation_psi=1.0, broadcast=False, method=G.mapping)  # [B, w_dim]
@@ -40,8 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gandance_jax import san as san_lib
 from gandance_jax.layers import FullyConnectedLayer
+from gandance_jax.networks import base
+from gandance_jax.networks import san as san_lib
 from gandance_jax.networks import stylegan2
 
 Array = jax.Array
@@ -87,8 +88,9 @@ class Toy2DSynthesis(nn.Module):
     return self.from_features(self.features(ws, 0), ws, 0)
 
 
-class Toy2DGenerator(stylegan2.ConditionalLabels, nn.Module):
-  """Class-conditional 2D generator with StyleGAN2's `mapping` / `synthesis` methods."""
+class Toy2DGenerator(base.ConditionalLabels, nn.Module):
+  """Class-conditional 2D generator with StyleGAN2's `mapping` / `synthesis` methods
+  (implements `networks.base.ConditionalGenerator`)."""
   z_dim: int = 8                      # Input latent (Z) dimensionality.
   w_dim: int = 32                     # Intermediate latent (W) dimensionality.
   num_classes: int = 0                # Number of real classes, 0 = unconditional.
@@ -101,7 +103,7 @@ class Toy2DGenerator(stylegan2.ConditionalLabels, nn.Module):
   output_scale: float = 1.0           # Points = output_scale * network output.
 
   def __post_init__(self):
-    stylegan2.check_classes(self.num_classes, self.empty_class)
+    base.check_classes(self.num_classes, self.empty_class)
     for field in ("z_dim", "w_dim", "mapping_layers", "hidden", "num_layers"):
       if getattr(self, field) <= 0:
         raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
@@ -110,6 +112,11 @@ class Toy2DGenerator(stylegan2.ConditionalLabels, nn.Module):
   @property
   def num_ws(self) -> int:
     return self.num_layers + 1
+
+  def ws_resolutions(self) -> list[int]:
+    """What each ws row drives, for layer-wise scales: a point generator has no image
+    resolutions, so row i is labelled by its layer number i + 1 (1 .. num_ws)."""
+    return list(range(1, self.num_ws + 1))
 
   def setup(self):
     self.mapping_network = stylegan2.MappingNetwork(
@@ -153,7 +160,7 @@ class Toy2DGenerator(stylegan2.ConditionalLabels, nn.Module):
     return self.synthesis(ws, noise_mode=noise_mode)
 
 
-class Toy2DDiscriminator(stylegan2.ConditionalLabels, nn.Module):
+class Toy2DDiscriminator(base.ConditionalLabels, nn.Module):
   """Conditional MLP discriminator: points [B, 2], labels int [B] -> logits [B].
 
   Parameters: fcs_0..fcs_{L-1} (lrelu), out (linear, -> cmap_dim features h(x)), then the head:
@@ -169,7 +176,7 @@ class Toy2DDiscriminator(stylegan2.ConditionalLabels, nn.Module):
   head: str = "projection"            # 'projection' or 'san'.
 
   def __post_init__(self):
-    stylegan2.check_classes(self.num_classes, self.empty_class)
+    base.check_classes(self.num_classes, self.empty_class)
     if self.head not in D_HEADS:
       raise ValueError(f"head must be one of {list(D_HEADS)}, got {self.head!r}")
     for field in ("hidden", "num_layers", "cmap_dim"):
@@ -205,7 +212,7 @@ class Toy2DDiscriminator(stylegan2.ConditionalLabels, nn.Module):
     labels = jnp.asarray(labels)
     if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
       raise ValueError(f"labels must be int ids [B], got {labels.shape} {labels.dtype}")
-    stylegan2.validate_labels(labels, self.num_classes, self.empty_class)
+    base.validate_labels(labels, self.num_classes, self.empty_class)
     if labels.shape[0] != batch:
       raise ValueError(f"points have batch {batch} but labels have batch {labels.shape[0]}")
     return labels.astype(jnp.int32)

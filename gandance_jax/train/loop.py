@@ -1,13 +1,18 @@
-"""The training loop: `train(config, workdir)`, read top to bottom.
+"""The training loop: `train(hparams, workdir)`, read top to bottom (big_vision's train.py).
 
-  1. config, mesh, input       validate, build the 'data' mesh, the deterministic source
+  1. mesh, input               the 'data' mesh, the deterministic source
   2. models and state          G, D, Adam x2, the state built already replicated (jit + shardings)
   3. checkpoint                restore the newest readable checkpoint, or start fresh
-  4. step, writers, hooks      jitted phases, clu writers, ReportProgress, SIGTERM watcher
-  5. loop                      step; every log_every_steps: fetch metrics, stop on non-finite
-                               losses, write; periodic sample grids, evals, checkpoints
-  6. end                       final checkpoint, final grid, class accuracy (digits), all
-                               `config.evals` (evaluation/evaluator.py), metrics
+  4. writers, hooks            clu writer, ReportProgress, SIGTERM watcher, evaluators
+  5. loop                      step; then the periodic actions, each a named function of
+                               (run, state, step): log, grid, evals, checkpoint, preemption
+  6. end                       final checkpoint, final grid, the evaluators marked `final`
+                               (evaluation/evaluators/), the training curves
+
+`train` takes the typed `HParams` of `config_lib.validate_config` (main.py converts the
+config file's values at the entry point). `Run` holds what the periodic actions share and never
+changes during the loop; the two things that do (the metrics interval and the last saved
+step) live in `MetricsLogger` and `Saver`.
 
 Bit-for-bit resumption: the state holds every quantity a step reads (see train/state.py), all
 randomness is fold_in(root key, step, purpose), the data source is a pure function of
@@ -17,7 +22,7 @@ step. A restarted run therefore recomputes exactly what the uninterrupted run co
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 import os
@@ -27,18 +32,24 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
 from gandance_jax import checkpoint as checkpoint_lib
-from gandance_jax import config_lib, images as images_lib
+from gandance_jax import data as data_lib
+from gandance_jax import images as images_lib
+from gandance_jax import multihost
+from gandance_jax import sampler as sampler_lib
+from gandance_jax.evaluation import evaluators
+from gandance_jax.train import curves
 from gandance_jax.train import sharding as sharding_lib
 from gandance_jax.train import state as state_lib
+from gandance_jax.train import warm_start
+from gandance_jax.train.hparams import HParams, TrainHParams
 from gandance_jax.train.step import TrainStep
 
-METRICS_FILE = "metrics.jsonl"
+# fold_in purpose of the root key for the periodic sample grids (one z per grid cell).
+_GRID_KEY = 7
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,11 +62,6 @@ class Preempted(Exception):
   def __init__(self, step: int):
     super().__init__(f"preempted: checkpoint saved at step {step}")
     self.step = step
-
-
-def total_steps(config: ml_collections.ConfigDict) -> int:
-  """Number of steps for `train.total_kimg` thousand real images."""
-  return int(math.ceil(float(config.train.total_kimg) * 1000 / int(config.train.batch_size)))
 
 
 class PreemptionWatcher:
@@ -127,55 +133,57 @@ def _interval_means(rows: list[tuple[int, dict[str, float]]]) -> dict[str, float
   return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
-def _append_jsonl(path: str, record: dict[str, Any]) -> None:
-  if jax.process_index() != 0:
-    return
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
+def total_steps(t: TrainHParams) -> int:
+  """Number of steps for `train.total_kimg` thousand real images."""
+  return int(math.ceil(float(t.total_kimg) * 1000 / int(t.batch_size)))
 
 
-def _check_source(config: ml_collections.ConfigDict, source: Any) -> None:
-  g = config.generator
-  checks = (("generator.num_classes", g.num_classes, source.num_classes),
-            ("generator.resolution", g.resolution, source.resolution),
-            ("generator.img_channels", g.img_channels, source.channels))
+def check_source(hp: HParams, source: Any) -> None:
+  """Raises ValueError naming the field where the networks do not fit the data."""
+  checks = (("generator.num_classes", hp.generator["num_classes"], source.num_classes),
+            ("generator.resolution", hp.generator["resolution"], source.resolution),
+            ("generator.img_channels", hp.generator["img_channels"], source.channels))
   for field, want, got in checks:
     if want != got:
       raise ValueError(f"config.{field} = {want} is invalid: the data source "
-                       f"{config.data.name!r} has {got}")
+                       f"{hp.data['name']!r} has {got}")
 
 
-_BUILD_CACHE: dict[tuple[str, Any], tuple[Any, ...]] = {}
+@dataclasses.dataclass(frozen=True)
+class Built:
+  """The models and jitted functions of one (hyper-parameters, mesh)."""
+  G: Any
+  D: Any
+  init_fn: Any             # () -> a fresh TrainState, replicated
+  train_step: TrainStep
+  params_finite: Any       # state -> bool [], replicated
 
 
-def _build(config: ml_collections.ConfigDict, mesh: Any) -> tuple[Any, ...]:
-  """(G, D, init_fn, TrainStep, params_finite) for a config and mesh.
+_BUILD_CACHE: dict[tuple[str, Any], Built] = {}
 
-  Cached by the config fields that shape them, so that calling `train` again in one process
-  (a resumed run in a notebook, the tests) reuses the compiled phases.
-  """
-  # Only these fields shape the compiled functions (logging, evals etc. do not).
-  key = (json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-                     for k in ("seed", "generator", "discriminator", "train")},
-                    sort_keys=True, default=str), mesh)
+
+def build(hp: HParams, mesh: Any) -> Built:
+  """`Built` for `hp` and `mesh`, cached by the fields that shape the compiled functions, so
+  that calling `train` again in one process (a resumed run, the tests) reuses them."""
+  key = (hp.build_key(), mesh)
   if key not in _BUILD_CACHE:
     replicated = sharding_lib.replicated(mesh)
-    G, D = state_lib.build_models(config)
-    g_tx, d_tx = state_lib.make_optimizers(config)
-    init_fn = jax.jit(lambda: state_lib.init_train_state(config, G, D, g_tx, d_tx),
+    G, D = state_lib.build_models(hp)
+    g_tx, d_tx = state_lib.make_optimizers(hp.train)
+    init_fn = jax.jit(lambda: state_lib.init_train_state(hp, G, D, g_tx, d_tx),
                       out_shardings=replicated)
-    train_step = TrainStep(config, G, D, g_tx, d_tx, mesh)
     params_finite = jax.jit(state_lib.params_are_finite, out_shardings=replicated)
     while len(_BUILD_CACHE) >= 4:
       _BUILD_CACHE.pop(next(iter(_BUILD_CACHE)))
-    _BUILD_CACHE[key] = (G, D, init_fn, train_step, params_finite)
+    _BUILD_CACHE[key] = Built(G, D, init_fn, TrainStep(hp.train, G, D, g_tx, d_tx, mesh),
+                              params_finite)
   return _BUILD_CACHE[key]
 
 
 def abstract_train_state(init_fn: Any, sharding: Any) -> state_lib.TrainState:
   """The state's leaves as ShapeDtypeStruct placed with `sharding` (no computation).
 
-  What checkpoint restore and the ahead-of-time compile (gandance_jax/aot.py) take in
+  What checkpoint restore and the ahead-of-time compile (gandance_jax/train/aot.py) take in
   place of the real state.
   """
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
@@ -185,12 +193,138 @@ def abstract_train_state(init_fn: Any, sharding: Any) -> state_lib.TrainState:
 def _place(tree: Any, sharding: Any) -> Any:
   """Host (numpy) leaves -> global arrays with `sharding` (every process holds the same
   values); jax.Arrays are kept as they are."""
-  from gandance_jax import multihost  # pylint: disable=g-import-not-at-top
   return jax.tree.map(
       lambda x: x if isinstance(x, jax.Array) else multihost.to_global(x, sharding), tree)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+def _initial_state(hp: HParams, built: Built, ckpt: Any, replicated: Any
+                   ) -> tuple[state_lib.TrainState, int, bool]:
+  """(state, step, resumed): the newest readable checkpoint, a warm start, or a fresh one."""
+  restored = ckpt.restore_latest(abstract_train_state(built.init_fn, replicated))
+  if restored is not None:
+    logging.info("Resumed from the checkpoint at step %d.", restored[1])
+    return restored[0], restored[1], True
+  state = built.init_fn()
+  if hp.train.init_from:
+    state = _place(warm_start.apply(state, hp), replicated)
+    logging.info("Started from the pre-trained networks of %s (empty-class row: %s).",
+                 hp.train.init_from, hp.train.init_empty)
+  else:
+    logging.info("Started from scratch (seed %d).", hp.seed)
+  return state, 0, False
+
+
+# ----------------------------------------------------------------------------- periodic work
+
+
+class MetricsLogger:
+  """Device metrics of each step, fetched and written (means per interval) on `log`."""
+
+  def __init__(self, writer: Any, path: str, batch_size: int, step: int):
+    self.writer, self.path, self.batch_size = writer, path, batch_size
+    self.buffer = MetricsBuffer()
+    self.tick = (time.time(), step)
+
+  def log(self, step: int) -> None:
+    """Raises NonFiniteLossError on a non-finite value; one record per call with data."""
+    rows = self.buffer.flush()
+    if not rows:
+      return
+    means = _interval_means(rows)
+    now = time.time()
+    means["images_per_sec"] = (step - self.tick[1]) * self.batch_size / max(
+        now - self.tick[0], 1e-9)
+    means["kimg"] = step * self.batch_size / 1000
+    self.tick = (now, step)
+    self.writer.write_scalars(step, means)
+    # One record per flush: `step` = steps done, values = means over the interval.
+    checkpoint_lib.append_metrics(self.path, {"step": step, **means})
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What the periodic actions of one run share (fixed for the whole loop)."""
+  hp: HParams
+  workdir: str
+  G: Any
+  params_finite: Any
+  ckpt: Any
+  logger: MetricsLogger
+  suite: evaluators.Suite
+  best: Any                 # checkpoint.BestSnapshot or None
+  grid: sampler_lib.Sampler
+  grid_labels: np.ndarray
+
+
+class Saver:
+  """Saves a checkpoint once per step, after checking losses and parameters."""
+
+  def __init__(self, last_saved: int):
+    self.last_saved = last_saved
+
+  def save(self, run: Run, state: state_lib.TrainState, step: int) -> None:
+    if step == self.last_saved:
+      return
+    run.logger.log(step)  # raises on non-finite losses before anything bad is saved
+    if not bool(sharding_lib.fetch(run.params_finite(state))):
+      raise NonFiniteLossError(f"non-finite parameters after step {step}")
+    run.ckpt.save(state, step, run.hp.config)
+    self.last_saved = step
+
+
+def write_grid(run: Run, state: state_lib.TrainState, name: str) -> None:
+  """One row per class of G EMA samples (plain conditional sampling, fixed z per cell)."""
+  key = jax.random.fold_in(jax.random.key(run.hp.seed), _GRID_KEY)
+  images = multihost.to_host(run.grid(state.g_ema_variables, key, run.grid_labels))
+  if jax.process_index() == 0:
+    images_lib.class_rows_grid(os.path.join(run.workdir, name), images, run.grid_labels,
+                               run.hp.grid_per_class)
+
+
+def run_evals(run: Run, state: state_lib.TrainState, step: int,
+              specs: list[evaluators.EvalSpec]) -> None:
+  """The evaluators `specs` on G EMA; the best one so far is kept (config.best_metric)."""
+  if not specs:
+    return
+  metrics = run.suite.run(run.G, state.g_ema_variables, step, specs,
+                          writer=run.logger.writer, metrics_path=run.logger.path)
+  if run.best is not None:
+    run.best.update(state, step, metrics, run.hp.config)
+
+
+def write_curves(workdir: str) -> None:
+  if jax.process_index() != 0:
+    return
+  try:
+    logging.info("Training curves: %s", curves.plot(workdir))
+  except Exception as e:  # pylint: disable=broad-except
+    # A picture must never cost a finished run: say why and go on.
+    logging.warning("could not plot the training curves: %s: %s", type(e).__name__, e)
+
+
+def periodic(run: Run, saver: Saver, watcher: PreemptionWatcher, state: state_lib.TrainState,
+             step: int, num_steps: int) -> None:
+  """Everything due after `step` steps, in order: log, grid, evals, checkpoint, preemption."""
+  hp = run.hp
+  if step % hp.log_every_steps == 0 or step == num_steps:
+    run.logger.log(step)
+  if step % hp.sample_every_steps == 0:
+    write_grid(run, state, f"grid_{step:08d}.png")
+  if step < num_steps:
+    run_evals(run, state, step, run.suite.due(step))
+  if step % hp.checkpoint_every_steps == 0:
+    saver.save(run, state, step)
+  if watcher.should_stop(step):
+    saver.save(run, state, step)
+    run.ckpt.wait()
+    logging.warning("Preempted: checkpoint saved at step %d; exiting.", step)
+    raise Preempted(step)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(hp: HParams, workdir: str) -> state_lib.TrainState:
   """Trains (or resumes) the run in `workdir`; returns the final state.
 
   Raises:
@@ -199,182 +333,69 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     Preempted: SIGTERM was received (after saving a checkpoint).
   """
   # clu's writers import TensorFlow (seconds): only here, so that tools that just build the
-  # step (gandance_jax/aot.py) start fast.
+  # step (gandance_jax/train/aot.py) start fast.
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
-  # --- 1. Config, mesh, input. ------------------------------------------------------
-  config_lib.validate_config(config)
-  t = config.train
+  # --- 1. Mesh, input. ---------------------------------------------------------------
   os.makedirs(workdir, exist_ok=True)
-  checkpoint_lib.save_config(workdir, config)
-  mesh = sharding_lib.make_mesh(config.mesh.data)
-  sharding_lib.check_batch_size(config, mesh)
+  checkpoint_lib.save_config(workdir, hp.config)
+  mesh = sharding_lib.make_mesh(hp.mesh_data)
+  sharding_lib.check_batch_size(hp, mesh)
   replicated = sharding_lib.replicated(mesh)
-  batch_sharding = sharding_lib.batch_sharding(mesh)
-  from gandance_jax.data import make_source  # pylint: disable=g-import-not-at-top
-  source = make_source(config.data)
-  _check_source(config, source)
-  batch_size = int(t.batch_size)
-  num_steps = total_steps(config)
+  source = data_lib.make_source(hp.data)
+  check_source(hp, source)
+  batch_size, num_steps = hp.train.batch_size, total_steps(hp.train)
   logging.info("Training %s: %d steps of %d images on %d devices (%d processes); workdir %s",
-               config.data.name, num_steps, batch_size, mesh.devices.size,
+               hp.data["name"], num_steps, batch_size, mesh.devices.size,
                jax.process_count(), workdir)
 
-  # --- 2. Models, optimizers, jitted phases, state (built replicated). ------------------
-  G, D, init_fn, train_step, params_finite = _build(config, mesh)
-  abstract_state = abstract_train_state(init_fn, replicated)
-
-  # --- 3. Checkpoint: resume or start. -----------------------------------------------
-  ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  restored = ckpt.restore_latest(abstract_state)
-  if restored is not None:
-    state, step = restored
-    logging.info("Resumed from the checkpoint at step %d.", step)
-  else:
-    state, step = init_fn(), 0
-    if t.init_from:
-      from gandance_jax import warm_start  # pylint: disable=g-import-not-at-top
-      state = _place(warm_start.apply(state, config), replicated)
-      logging.info("Started from the pre-trained networks of %s (empty-class row: %s).",
-                   t.init_from, t.init_empty)
-    else:
-      logging.info("Started from scratch (seed %d).", config.seed)
+  # --- 2. Models, optimizers, jitted phases; 3. the state: resumed, warm or fresh. ------
+  built = build(hp, mesh)
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=hp.keep_checkpoints)
+  state, step, resumed = _initial_state(hp, built, ckpt, replicated)
   num_params = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   logging.info("G: %d params, D: %d params, num_ws %d", num_params(state.g_params),
-               num_params(state.d_params), G.num_ws)
-  last_saved = step if restored is not None else -1
+               num_params(state.d_params), built.G.num_ws)
 
-  # --- 4. Step function, writers, hooks. ----------------------------------------------
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  # --- 4. Writers, hooks, evaluators. ------------------------------------------------
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   report_progress = periodic_actions.ReportProgress(
-      num_train_steps=num_steps, writer=writer, every_steps=config.log_every_steps)
-  metrics_path = os.path.join(workdir, METRICS_FILE)
-  buffer = MetricsBuffer()
-  watcher = PreemptionWatcher()
+      num_train_steps=num_steps, writer=writer, every_steps=hp.log_every_steps)
+  run = Run(
+      hp=hp, workdir=workdir, G=built.G, params_finite=built.params_finite, ckpt=ckpt,
+      logger=MetricsLogger(writer, checkpoint_lib.metrics_path(workdir), batch_size, step),
+      suite=evaluators.Suite(hp.evals, evaluators.EvalData(workdir, hp.data)),
+      best=(checkpoint_lib.BestSnapshot(workdir, hp.best_metric, hp.best_mode)
+            if hp.best_metric else None),
+      grid=sampler_lib.make_sampler(built.G, mode="none", devices=mesh.devices.flat),
+      grid_labels=np.repeat(np.arange(built.G.num_classes, dtype=np.int32),
+                            hp.grid_per_class))
+  saver, watcher = Saver(step if resumed else -1), PreemptionWatcher()
   progress_bar = None
   if jax.process_index() == 0 and sys.stderr.isatty():
     import tqdm  # pylint: disable=g-import-not-at-top
     progress_bar = tqdm.tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True)
 
-  grid_labels = np.repeat(np.arange(G.num_classes, dtype=np.int32), config.grid_per_class)
-  grid_z = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(config.seed), 7),
-                                        (grid_labels.size, G.z_dim)))
-
-  def write_grid(name: str) -> None:
-    from gandance_jax import digits_eval  # pylint: disable=g-import-not-at-top
-    sample = digits_eval.make_sampler(G, replicated)
-    images = sample(state.g_ema_variables, grid_z, grid_labels)
-    if jax.process_index() == 0:
-      images_lib.class_rows_grid(os.path.join(workdir, name), images, grid_labels,
-                                 config.grid_per_class)
-
-  def class_accuracy() -> dict[str, float]:
-    if config.data.name != "digits" or not config.class_accuracy.num_per_class:
-      return {}
-    from gandance_jax import digits_eval  # pylint: disable=g-import-not-at-top
-    return digits_eval.evaluate_generator(
-        G, state.g_ema_variables, config.class_accuracy.num_per_class, seed=config.seed,
-        batch_size=config.sample.batch_size, sharding=replicated)
-
-  def save_checkpoint() -> None:
-    nonlocal last_saved
-    if step == last_saved:
-      return
-    log_metrics()  # raises on non-finite losses before anything bad is saved
-    if not bool(sharding_lib.fetch(params_finite(state))):
-      raise NonFiniteLossError(f"non-finite parameters after step {step}")
-    ckpt.save(state, step, config)
-    last_saved = step
-
-  tick = {"time": time.time(), "step": step}
-
-  def log_metrics() -> None:
-    rows = buffer.flush()
-    if not rows:
-      return
-    means = _interval_means(rows)
-    now = time.time()
-    elapsed = max(now - tick["time"], 1e-9)
-    means["images_per_sec"] = (step - tick["step"]) * batch_size / elapsed
-    means["kimg"] = step * batch_size / 1000
-    tick.update(time=now, step=step)
-    writer.write_scalars(step, means)
-    # One record per flush: `step` = steps done, values = means over the interval.
-    _append_jsonl(metrics_path, {"step": step, **means})
-
-  evaluator = None
-  if config.evals:
-    # pylint: disable-next=g-import-not-at-top
-    from gandance_jax.evaluation import evaluator as evaluator_lib
-    evaluator = evaluator_lib.Evaluator(config, workdir)
-
-  best = None
-  if config.get("best_metric", ""):
-    best = checkpoint_lib.BestSnapshot(workdir, config.best_metric, config.best_mode)
-
-  def run_evals(final: bool) -> None:
-    if evaluator is not None:
-      metrics = evaluator.run(G, state.g_ema_variables, step,
-                              specs=evaluator.specs if final else None, writer=writer,
-                              metrics_path=metrics_path)
-      if best is not None:
-        best.update(state, step, metrics, config)
-
-  def write_curves() -> None:
-    if jax.process_index() != 0:
-      return
-    from gandance_jax import curves  # pylint: disable=g-import-not-at-top
-    try:
-      logging.info("Training curves: %s", curves.plot(workdir))
-    except Exception as e:  # pylint: disable=broad-except
-      # A picture must never cost a finished run: say why and go on.
-      logging.warning("could not plot the training curves: %s: %s", type(e).__name__, e)
-
   # --- 5. Loop. --------------------------------------------------------------------
   batches = sharding_lib.global_batches(source.batches(batch_size, start_step=step),
-                                        batch_sharding, prefetch=config.prefetch)
+                                        sharding_lib.batch_sharding(mesh), prefetch=hp.prefetch)
   try:
     with metric_writers.ensure_flushes(writer):
       while step < num_steps:
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          batch = next(batches)
-          state, metrics = train_step(state, batch, step)
-        buffer.add(step, metrics)
+          state, metrics = built.train_step(state, next(batches), step)
+        run.logger.buffer.add(step, metrics)
         step += 1
         report_progress(step, time.time())
         if progress_bar is not None:
           progress_bar.update(1)
-        if step % config.log_every_steps == 0 or step == num_steps:
-          log_metrics()
-        if step % config.sample_every_steps == 0:
-          write_grid(f"grid_{step:08d}.png")
-        every = config.class_accuracy.every_steps
-        if every and step % every == 0 and step < num_steps:
-          acc = class_accuracy()
-          if acc:
-            writer.write_scalars(step, acc)
-            _append_jsonl(metrics_path, {"step": step, **acc})
-        if evaluator is not None and step < num_steps and evaluator.due(step):
-          run_evals(final=False)
-        if step % config.checkpoint_every_steps == 0:
-          save_checkpoint()
-        if watcher.should_stop(step):
-          save_checkpoint()
-          ckpt.wait()
-          logging.warning("Preempted: checkpoint saved at step %d; exiting.", step)
-          raise Preempted(step)
+        periodic(run, saver, watcher, state, step, num_steps)
 
-      # --- 6. End: final checkpoint, grid, class accuracy. -----------------------------
-      save_checkpoint()
-      write_grid("grid_final.png")
-      acc = class_accuracy()
-      if acc:
-        logging.info("Class accuracy of G EMA samples at step %d: %s", step, acc)
-        writer.write_scalars(step, acc)
-        _append_jsonl(metrics_path, {"step": step, "final": True, **acc})
-      run_evals(final=True)
-      write_curves()
+      # --- 6. End: final checkpoint, grid, evaluators, curves. -------------------------
+      saver.save(run, state, step)
+      write_grid(run, state, "grid_final.png")
+      run_evals(run, state, step, run.suite.final())
+      write_curves(workdir)
   except NonFiniteLossError as e:
     ckpt.wait()
     good = ckpt.latest_step()
@@ -386,6 +407,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     if progress_bar is not None:
       progress_bar.close()
     ckpt.close()
-    if best is not None:
-      best.close()
+    if run.best is not None:
+      run.best.close()
   return state

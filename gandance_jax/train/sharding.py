@@ -12,9 +12,12 @@ import os
 from typing import Any, Iterable, Iterator
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from gandance_jax import multihost
+from gandance_jax.data import prefetch_to_device
+from gandance_jax.train.hparams import HParams
+
 
 Batch = dict[str, Any]
 
@@ -82,9 +85,9 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def check_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+def check_batch_size(hp: HParams, mesh: Mesh) -> None:
   """Raises ValueError naming config.train.batch_size if it cannot be split evenly."""
-  b = int(config.train.batch_size)
+  b = int(hp.train.batch_size)
   n = int(mesh.devices.size)
   if b % n:
     raise ValueError(f"config.train.batch_size = {b} is invalid: must be a multiple of the "
@@ -92,11 +95,11 @@ def check_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   if b % jax.process_count():
     raise ValueError(f"config.train.batch_size = {b} is invalid: must be a multiple of the "
                      f"process count ({jax.process_count()})")
-  shards = int(config.discriminator.get("mbstd_shards", 1))
+  shards = int(hp.discriminator.get("mbstd_shards", 1))
   if shards < 1 or b % shards:
     raise ValueError(f"config.discriminator.mbstd_shards = {shards} is invalid: must be >= 1 "
                      f"and divide config.train.batch_size = {b}")
-  g = config.discriminator.mbstd_group_size
+  g = hp.discriminator.get("mbstd_group_size")
   per_shard = b // shards
   if g is not None and per_shard % min(int(g), per_shard):
     raise ValueError(f"config.train.batch_size = {b} is invalid: the {per_shard} samples per "
@@ -107,20 +110,12 @@ def check_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
                     "minibatch-stddev groups will span devices", shards, n)
 
 
-def global_batch(local_batch: Batch, sharding: NamedSharding) -> Batch:
-  """This process's numpy share {'image': [b, ...], 'label': [b]} -> global jax.Arrays [B]."""
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
-
-
 def global_batches(local_batches: Iterable[Batch], sharding: NamedSharding,
                    prefetch: int = 2) -> Iterator[Batch]:
   """Global batches, `prefetch` ahead so host->device copies overlap the step."""
-  from gandance_jax.data import prefetch_to_device  # pylint: disable=g-import-not-at-top
   return prefetch_to_device(local_batches, prefetch, sharding)
 
 
 def fetch(x: jax.Array) -> np.ndarray:
   """A replicated (possibly multi-process) array -> numpy, from this process's copy."""
-  from gandance_jax import multihost  # pylint: disable=g-import-not-at-top
   return multihost.to_host(x)

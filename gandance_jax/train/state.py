@@ -25,10 +25,12 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
+from gandance_jax import checkpoint
 from gandance_jax.networks import stylegan2
+from gandance_jax.train import hparams as hparams_lib
+from gandance_jax.train.hparams import HParams, TrainHParams
 
 Array = jax.Array
 PyTree = Any
@@ -69,11 +71,10 @@ class TrainState:
     return {"params": self.d_params, "buffers": self.d_buffers}
 
 
-def build_models(config: ml_collections.ConfigDict
-                 ) -> tuple[stylegan2.Generator, stylegan2.Discriminator]:
-  """G and D from `config.generator` / `config.discriminator` (explicit keyword arguments)."""
-  G = stylegan2.Generator(**config.generator.to_dict())
-  D = stylegan2.Discriminator(**config.discriminator.to_dict())
+def build_models(hp: HParams) -> tuple[stylegan2.Generator, stylegan2.Discriminator]:
+  """G and D from the generator / discriminator hyper-parameters (keyword arguments)."""
+  G = stylegan2.Generator(**hp.generator)
+  D = stylegan2.Discriminator(**hp.discriminator)
   return G, D
 
 
@@ -94,28 +95,27 @@ def make_optimizer(lr: float, betas: tuple[float, float], eps: float,
   return optax.adam(lr * ratio, b1=betas[0] ** ratio, b2=betas[1] ** ratio, eps=eps)
 
 
-def make_optimizers(config: ml_collections.ConfigDict
+def make_optimizers(t: TrainHParams
                     ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """(G optimizer, D optimizer) from `config.train`."""
-  t = config.train
+  """(G optimizer, D optimizer) of the training hyper-parameters."""
   betas = tuple(float(b) for b in t.betas)
   g_tx = make_optimizer(t.g_lr, betas, t.eps, t.pl_interval)
   d_tx = make_optimizer(t.d_lr, betas, t.eps, t.r1_interval)
   return g_tx, d_tx
 
 
-def initial_augment_p(config: ml_collections.ConfigDict) -> float:
+def initial_augment_p(t: TrainHParams) -> float:
   """Fixed p for 'diffaugment', 0 at the start of 'ada' (NVIDIA's augment_p), 0 for 'none'."""
-  if config.train.augment == "diffaugment":
-    return float(config.train.augment_p)
+  if t.augment == "diffaugment":
+    return float(t.augment_p)
   return 0.0
 
 
-def init_train_state(config: ml_collections.ConfigDict, G: stylegan2.Generator,
+def init_train_state(hp: HParams, G: stylegan2.Generator,
                      D: stylegan2.Discriminator, g_tx: optax.GradientTransformation,
                      d_tx: optax.GradientTransformation) -> TrainState:
-  """A fresh state from `config.seed` (a pure function: wrap it in jit with out_shardings)."""
-  root = jax.random.key(config.seed)
+  """A fresh state from `hp.seed` (a pure function: wrap it in jit with out_shardings)."""
+  root = jax.random.key(hp.seed)
   g_vars = stylegan2.init_generator(G, jax.random.fold_in(root, 0))
   d_vars = stylegan2.init_discriminator(D, jax.random.fold_in(root, 1))
   g_params, d_params = g_vars["params"], d_vars["params"]
@@ -129,7 +129,7 @@ def init_train_state(config: ml_collections.ConfigDict, G: stylegan2.Generator,
       g_opt_state=g_tx.init(g_params),
       d_opt_state=d_tx.init(d_params),
       pl_mean=jnp.zeros((), jnp.float32),
-      augment_p=jnp.asarray(initial_augment_p(config), jnp.float32),
+      augment_p=jnp.asarray(initial_augment_p(hp.train), jnp.float32),
       ada_sign_sum=jnp.zeros((), jnp.float32),
       # Raw key data (not a typed key) so that Orbax stores it as a plain uint32 array.
       rng=jax.random.key_data(jax.random.fold_in(root, 2)),
@@ -142,3 +142,17 @@ def params_are_finite(state: TrainState) -> Array:
                             state.g_opt_state, state.d_opt_state, state.g_buffers))
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves
                             if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
+def load_train_state(workdir: str, step: int | None = None) -> tuple[TrainState, int]:
+  """The whole TrainState (numpy leaves) of another run, read-only, built from that run's
+  saved config (see `checkpoint.load_state`; for warm starts and tests).
+
+  Raises:
+    FileNotFoundError if `workdir` has no readable checkpoint (or none at `step`).
+  """
+  hp = hparams_lib.from_config(checkpoint.load_config(workdir))
+  G, D = build_models(hp)
+  g_tx, d_tx = make_optimizers(hp.train)
+  abstract = jax.eval_shape(lambda: init_train_state(hp, G, D, g_tx, d_tx))
+  return checkpoint.load_state(workdir, abstract, step)

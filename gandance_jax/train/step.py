@@ -30,13 +30,14 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gandance_jax import losses, san
+from gandance_jax.networks import san
 from gandance_jax.networks import stylegan2
 from gandance_jax.train import augment as augment_lib
+from gandance_jax.train.hparams import TrainHParams
+from gandance_jax.train import losses
 from gandance_jax.train.state import TrainState
 
 Array = jax.Array
@@ -71,8 +72,8 @@ def _nan_to_num(tree: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class PhaseFns:
-  """The pure (un-jitted) phase functions of one config, see the module docstring."""
-  config: ml_collections.ConfigDict
+  """The pure (un-jitted) phase functions of one run, see the module docstring."""
+  t: TrainHParams
   G: stylegan2.Generator
   D: stylegan2.Discriminator
   g_tx: optax.GradientTransformation
@@ -80,10 +81,6 @@ class PhaseFns:
   batch_sharding: NamedSharding | None = None
 
   # ------------------------------------------------------------------------- helpers
-
-  @property
-  def t(self) -> ml_collections.ConfigDict:
-    return self.config.train
 
   def _key(self, state: TrainState, purpose: Purpose, draw: int | None = None) -> Array:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -97,11 +94,8 @@ class PhaseFns:
 
   def labels_for_step(self, state: TrainState, labels: Array) -> Array:
     """int32 [B]: the batch labels with GANdance's stochastic reset to the empty id."""
-    p = float(self.t.label_reset_prob)
-    if p <= 0 or self.G.empty_label is None:
-      return labels
-    u = jax.random.uniform(self._key(state, Purpose.LABEL_RESET), labels.shape)
-    return jnp.where(u < p, jnp.int32(self.G.empty_label), labels).astype(jnp.int32)
+    return losses.reset_labels(self._key(state, Purpose.LABEL_RESET), labels,
+                               self.t.label_reset_prob, self.G.empty_label)
 
   def _augment(self, state: TrainState, images: Array, key: Array) -> Array:
     if self.t.augment == "none":
@@ -160,7 +154,7 @@ class PhaseFns:
       ws, w = self.run_mapping(g_vars, z, labels, key(Draw.MIX))
       images = self.run_synthesis(g_vars, ws, key(Draw.NOISE))
       logits = self.run_d(state, state.d_params, images, labels, key(Draw.AUG_FAKE))
-      if self.t.get("loss", "ns") == "san":
+      if self.t.loss == "san":
         return san.generator_loss(logits, self.t.san_base), (logits, w)
       return jnp.mean(losses.generator_loss(logits)), (logits, w)
 
@@ -225,7 +219,7 @@ class PhaseFns:
       return loss_fake + loss_real, (fake_logits, real_logits)
 
     (loss, (fake_logits, real_logits)), grads = jax.value_and_grad(
-        san_loss_fn if self.t.get("loss", "ns") == "san" else loss_fn,
+        san_loss_fn if self.t.loss == "san" else loss_fn,
         has_aux=True)(state.d_params)
     updates, d_opt_state = self.d_tx.update(_nan_to_num(grads), state.d_opt_state,
                                             state.d_params)
@@ -288,7 +282,7 @@ class PhaseFns:
 class TrainStep:
   """Jits the phases over a mesh and runs the ones due at a step.
 
-    step_fn = TrainStep(config, G, D, g_tx, d_tx, mesh)
+    step_fn = TrainStep(hparams.train, G, D, g_tx, d_tx, mesh)
     state, metrics = step_fn(state, batch, step)   # step: the host's copy of state.step
 
   `batch` = {'image': [B, H, W, C], 'label': int32 [B]} global arrays sharded over 'data'.
@@ -296,15 +290,14 @@ class TrainStep:
   The returned metrics are device scalars (fetch them lazily to keep dispatch async).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, G: stylegan2.Generator,
+  def __init__(self, t: TrainHParams, G: stylegan2.Generator,
                D: stylegan2.Discriminator, g_tx: optax.GradientTransformation,
                d_tx: optax.GradientTransformation, mesh: Mesh):
-    self.config = config
+    self.t = t
     self.mesh = mesh
     self.replicated = NamedSharding(mesh, P())
     self.batch_sharding = NamedSharding(mesh, P("data"))
-    self.fns = PhaseFns(config, G, D, g_tx, d_tx, batch_sharding=self.batch_sharding)
-    t = config.train
+    self.fns = PhaseFns(t, G, D, g_tx, d_tx, batch_sharding=self.batch_sharding)
     self.run_g_reg = float(t.pl_weight) > 0
     self.run_d_reg = float(t.r1_gamma) > 0
     rep, data = self.replicated, self.batch_sharding
@@ -323,7 +316,7 @@ class TrainStep:
 
   def phases_at(self, step: int) -> list[str]:
     """Names of the phases run at `step` (NVIDIA: a phase with interval I runs if step % I == 0)."""
-    t = self.config.train
+    t = self.t
     names = ["g_main"]
     if self.run_g_reg and step % int(t.pl_interval) == 0:
       names.append("g_reg")

@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gandance_jax import san as san_lib
 from gandance_jax.data import mixtures2d
+from gandance_jax.networks import san as san_lib
 from gandance_jax.networks import toy2d
+from gandance_jax.train import losses
 
 Array = jax.Array
 LOSSES = ("ns", "san")
@@ -77,10 +78,7 @@ class ToyConfig:
     if self.san_base not in san_lib.BASE_LOSSES:
       raise ValueError(f"san_base must be one of {list(san_lib.BASE_LOSSES)}, "
                        f"got {self.san_base!r}")
-    if not 0.0 <= self.label_reset_prob < 1.0:
-      raise ValueError(f"label_reset_prob must be in [0, 1), got {self.label_reset_prob}")
-    if self.label_reset_prob > 0 and not self.empty_class:
-      raise ValueError("label_reset_prob > 0 needs empty_class=True (the reset target)")
+    losses.check_reset_prob(self.label_reset_prob, self.empty_class)
     for field in ("steps", "batch_size", "z_dim", "w_dim", "mapping_layers", "g_hidden",
                   "g_layers", "d_hidden", "d_layers", "cmap_dim", "chunk"):
       v = getattr(self, field)
@@ -141,17 +139,6 @@ def build_models(config: ToyConfig, spec: mixtures2d.MixtureSpec
   return G, D
 
 
-def sample_mixture(spec: mixtures2d.MixtureSpec, key: Array, n: int,
-                   labels: Array | None = None) -> tuple[Array, Array]:
-  """In-jit mixture draw: (points float32 [n, 2], labels int32 [n]); labels drawn from the
-  class weights unless given."""
-  k_label, k_noise = jax.random.split(key)
-  if labels is None:
-    labels = _labels_from_uniform(spec, jax.random.uniform(k_label, (n,)))
-  noise = jax.random.normal(k_noise, (n, 2), jnp.float32)
-  return _points(spec, labels, noise), labels
-
-
 def _labels_from_uniform(spec: mixtures2d.MixtureSpec, u: Array) -> Array:
   # Inverse-CDF draw of the class: one uniform per label (cheaper to compile than the
   # Gumbel trick of jax.random.categorical, and the step's compile time is mostly RNG).
@@ -206,8 +193,8 @@ def _train_step(config: ToyConfig, spec: mixtures2d.MixtureSpec, G: toy2d.Toy2DG
   normals = jax.random.normal(k_n, (b, 2 + 2 * G.z_dim))
   labels = _labels_from_uniform(spec, u[0])
   reals = _points(spec, labels, normals[:, :2])
-  if config.label_reset_prob > 0:
-    labels = jnp.where(u[1] < config.label_reset_prob, G.empty_label, labels).astype(jnp.int32)
+  labels = losses.reset_labels(None, labels, config.label_reset_prob, G.empty_label,
+                               uniform=u[1])
   g_vars = {"params": state.g_params, "buffers": state.g_buffers}
 
   # D step against the current G.

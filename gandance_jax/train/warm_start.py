@@ -41,10 +41,12 @@ import os
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
+from gandance_jax import multihost
 from gandance_jax.networks import stylegan2
+from gandance_jax.train import state as state_lib
+from gandance_jax.train.hparams import HParams
 
 INIT_EMPTY = ("mean", "init")
 PyTree = Any
@@ -116,9 +118,9 @@ def fit(pretrained: PyTree, target: PyTree, name: str, init: str = "mean") -> Py
   return jax.tree.unflatten(jax.tree.structure(target), leaves)
 
 
-def _pretrained_module(config: ml_collections.ConfigDict, kind: str, c_dim: int, path: str):
+def _pretrained_module(hp: HParams, kind: str, c_dim: int, path: str):
   """This config's G or D, with or without the empty class to fit a pre-trained c_dim."""
-  cfg = (config.generator if kind == "G" else config.discriminator).to_dict()
+  cfg = dict(hp.generator if kind == "G" else hp.discriminator)
   k = int(cfg["num_classes"])
   if c_dim not in (k, k + 1):
     raise WarmStartError(f"config.train.init_from = {path!r}: its {kind} has {c_dim} label "
@@ -127,7 +129,7 @@ def _pretrained_module(config: ml_collections.ConfigDict, kind: str, c_dim: int,
   return (stylegan2.Generator if kind == "G" else stylegan2.Discriminator)(**cfg)
 
 
-def _from_torch_npz(path: str, config: ml_collections.ConfigDict) -> dict[str, PyTree]:
+def _from_torch_npz(path: str, hp: HParams) -> dict[str, PyTree]:
   """{'G', 'G_ema', 'D'} variables from an .npz of NVIDIA state dicts (see module doc)."""
   with np.load(path) as f:
     state = {k: np.asarray(f[k]) for k in f.files}
@@ -142,7 +144,7 @@ def _from_torch_npz(path: str, config: ml_collections.ConfigDict) -> dict[str, P
       continue
     embed = sub.get("mapping.embed.weight")
     c_dim = 0 if embed is None else int(embed.shape[1])  # torch layout [out, in]
-    module = _pretrained_module(config, kind, c_dim, path)
+    module = _pretrained_module(hp, kind, c_dim, path)
     try:
       variables = stylegan2.variables_from_torch_state_dict(module, sub)
     except ValueError as e:
@@ -154,14 +156,13 @@ def _from_torch_npz(path: str, config: ml_collections.ConfigDict) -> dict[str, P
 
 def _from_workdir(workdir: str) -> tuple[dict[str, PyTree], int]:
   """{'G', 'G_ema', 'D'} variables of a project run's newest readable checkpoint."""
-  from gandance_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  state, step = checkpoint.load_train_state(workdir)
+  state, step = state_lib.load_train_state(workdir)
   return {"G": {"params": state.g_params, "buffers": state.g_buffers},
           "G_ema": {"params": state.g_ema_params, "buffers": state.g_buffers},
           "D": {"params": state.d_params, "buffers": state.d_buffers}}, step
 
 
-def load_pretrained(path: str, config: ml_collections.ConfigDict) -> dict[str, PyTree]:
+def load_pretrained(path: str, hp: HParams) -> dict[str, PyTree]:
   """{'G', 'G_ema', 'D'}: {'params', 'buffers'} numpy trees from a workdir or an .npz."""
   if os.path.isdir(path):
     variables, step = _from_workdir(path)
@@ -170,19 +171,18 @@ def load_pretrained(path: str, config: ml_collections.ConfigDict) -> dict[str, P
   if not os.path.exists(path):
     raise WarmStartError(f"config.train.init_from = {path!r} does not exist (a workdir of a "
                          "run, or an .npz of NVIDIA state dicts)")
-  return _from_torch_npz(path, config)
+  return _from_torch_npz(path, hp)
 
 
-def apply(state: Any, config: ml_collections.ConfigDict) -> Any:
+def apply(state: Any, hp: HParams) -> Any:
   """A fresh TrainState with G, G EMA, D (and their buffers) from `config.train.init_from`.
 
   `state` may be replicated over several processes; the network fields of the result are
   host numpy trees (every process computes the same), which the caller places.
   """
-  from gandance_jax import multihost  # pylint: disable=g-import-not-at-top
-  t = config.train
-  init = t.get("init_empty", "mean")
-  pre = load_pretrained(str(t.init_from), config)
+  t = hp.train
+  init = t.init_empty
+  pre = load_pretrained(str(t.init_from), hp)
   host = lambda tree: jax.tree.map(np.asarray, multihost.local_copy(tree))
   g = fit(pre["G"], {"params": host(state.g_params), "buffers": host(state.g_buffers)}, "G",
           init)

@@ -1,8 +1,8 @@
 """Training curves of a run as one PNG: losses, D scores, augmentation p, class accuracy and
 in-loop evaluation metrics against the step, read from `<workdir>/metrics.jsonl`.
 
-  python -m gandance_jax.curves runs/c10            # writes runs/c10/curves.png
-  python -m gandance_jax.curves runs/c10 --out=/tmp/c10.png
+  python -m gandance_jax.train.curves runs/c10            # writes runs/c10/curves.png
+  python -m gandance_jax.train.curves runs/c10 --out=/tmp/c10.png
 
 The training loop writes the same file at the end of every run (process 0). A killed and
 resumed run logs some steps twice; the last record of a step wins.
@@ -16,7 +16,8 @@ import math
 import os
 import sys
 
-METRICS_FILE = "metrics.jsonl"
+from gandance_jax import checkpoint
+
 CURVES_FILE = "curves.png"
 
 # Panels: (title, metric-name predicate). Evaluation metrics ('<eval>/<metric>@<scale>')
@@ -77,10 +78,10 @@ def plot(workdir: str, out: str | None = None) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  series = read_metrics(os.path.join(workdir, METRICS_FILE))
+  series = read_metrics(os.path.join(workdir, checkpoint.METRICS_FILE))
   panels = _panels(series)
   if not panels:
-    raise ValueError(f"{os.path.join(workdir, METRICS_FILE)} has no metrics to plot yet")
+    raise ValueError(f"{os.path.join(workdir, checkpoint.METRICS_FILE)} has no metrics to plot yet")
   cols = min(3, len(panels))
   rows = -(-len(panels) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)

@@ -74,3 +74,31 @@ def path_length_penalty(synthesis_fn: Callable[[Array], Array], ws: Array, pl_no
   pl_lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(pl_grads), axis=2), axis=1))
   new_pl_mean = jax.lax.stop_gradient(pl_mean + (jnp.mean(pl_lengths) - pl_mean) * pl_decay)
   return jnp.square(pl_lengths - new_pl_mean), pl_lengths, new_pl_mean
+
+
+# ----------------------------------------------------------------------------- label reset
+
+
+def check_reset_prob(p: float, empty_class: bool, field: str = "label_reset_prob") -> None:
+  """Raises ValueError naming `field` unless p in [0, 1] (p = 1 conditions everything on the
+  empty class) and, for p > 0, the networks have the empty class to reset to."""
+  if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+    raise ValueError(f"{field} = {p!r} is invalid: must be a number in [0, 1]")
+  if p > 0 and not empty_class:
+    raise ValueError(f"{field} = {p!r} is invalid: must be 0 unless empty_class is True "
+                     "(reset labels go to the empty id)")
+
+
+def reset_labels(key: Array | None, labels: Array, p: float, empty_label: int | None, *,
+                 uniform: Array | None = None) -> Array:
+  """GANdance's stochastic label reset (supplementary Alg. 1), used by both trainers.
+
+  Each label of int [B] `labels` becomes `empty_label` with probability `p` (a Python
+  float, checked by `check_reset_prob`): where ``u < p`` for u ~ U[0, 1) drawn from `key`,
+  or given as `uniform` [B] by a caller that draws its uniforms in one batch. Returns int32
+  [B]; the labels unchanged when p = 0 or there is no empty class.
+  """
+  if p <= 0 or empty_label is None:
+    return labels
+  u = jax.random.uniform(key, labels.shape) if uniform is None else uniform
+  return jnp.where(u < p, jnp.int32(empty_label), labels).astype(jnp.int32)

@@ -1,12 +1,13 @@
 """Ahead-of-time compile of the training phases for N devices, with a per-device memory report.
 
-  python -m gandance_jax.aot --config=configs/imagenet64.py --num_devices=8 [--budget_gib=16] \\
-      [--out=report.json] [--phases=g_main,d_main] [--config.train.batch_size=128 ...]
+  python -m gandance_jax.train.aot --config=configs/imagenet64.py --num_devices=8 \\
+      [--budget_gib=16] [--out=report.json] [--phases=g_main,d_main] \\
+      [--config.train.batch_size=128 ...]
 
 Answers "does this config fit on a pod of N accelerators?" before getting one. The process
 forces N host CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N,
 JAX_PLATFORMS=cpu), builds the 'data' mesh, the jitted phases and the abstract state exactly
-as the training loop does (train/loop.py `_build`, `abstract_train_state`), and for every
+as the training loop does (train/loop.py `build`, `abstract_train_state`), and for every
 phase the config runs (g_main; g_reg if pl_weight > 0; d_main; d_reg if r1_gamma > 0;
 finish) calls `jax.jit(...).lower(state, batch).compile()` and reads
 `compiled.memory_analysis()` of the per-device SPMD program:
@@ -18,7 +19,7 @@ finish) calls `jax.jit(...).lower(state, batch).compile()` and reads
   est. peak  arguments + outputs - aliased + temp, the per-device peak estimate
 
 Nothing is executed and no data is read: the batch is abstract, {'image': float32
-[B, R, R, C], 'label': int32 [B]} sharded over 'data' (what data/pipeline.py feeds).
+[B, R, R, C], 'label': int32 [B]} sharded over 'data' (what the data sources of data/base.py feed).
 
 CAVEAT: these are XLA:CPU's buffer assignments, an ESTIMATE of GPU/TPU memory. The GPU and
 TPU compilers fuse, rematerialise and lay out buffers differently (padding to tiles,
@@ -53,6 +54,11 @@ from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from gandance_jax import config_lib
+from gandance_jax.train import loop
+from gandance_jax.train import sharding as sharding_lib
+
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet64.py.",
@@ -109,8 +115,9 @@ def check_devices(num_devices: int) -> None:
   if len(devices) != num_devices or platform != "cpu":
     raise AotError(
         f"--num_devices={num_devices} needs {num_devices} host CPU devices, but JAX was already "
-        f"initialised with {len(devices)} {platform} device(s). Run `python -m gandance_jax.aot` "
-        "in a fresh process (the device count is fixed when JAX's backend starts).")
+        f"initialised with {len(devices)} {platform} device(s). Run "
+        "`python -m gandance_jax.train.aot` in a fresh process (the device count is fixed "
+        "when JAX's backend starts).")
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -157,7 +164,7 @@ def state_report(state: Any) -> tuple[dict[str, int], dict[str, int]]:
 def abstract_batch(config: Any, sharding: Any) -> dict[str, Any]:
   """{'image': float32 [B, R, R, C], 'label': int32 [B]} as ShapeDtypeStructs on `sharding`.
 
-  The data sources yield float32 images in [-1, 1] and int32 labels (data/pipeline.py), and
+  The data sources yield float32 images in [-1, 1] and int32 labels (data/base.py), and
   the loop checks that their resolution and channels equal config.generator's.
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -218,21 +225,19 @@ def prepare(config: Any, num_devices: int, phases: list[str] | None = None
   (config_lib.ConfigError included) naming the bad field.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from gandance_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from gandance_jax.train import loop  # pylint: disable=g-import-not-at-top
-  from gandance_jax.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 
   # Same checks and pieces as loop.train, in the same order.
-  config_lib.validate_config(config)
+  hp = config_lib.validate_config(config)
   if config.data.name.startswith("mixture_"):
     raise AotError(f"config.data.name = {config.data.name!r}: the 2D mixtures are trained by "
-                   "gandance_jax/toy_train.py, not the StyleGAN2 loop this tool compiles")
+                   "gandance_jax/train/toy.py, not the StyleGAN2 loop this tool compiles")
   mesh = sharding_lib.make_mesh(config.mesh.data)
-  sharding_lib.check_batch_size(config, mesh)
+  sharding_lib.check_batch_size(hp, mesh)
   replicated = sharding_lib.replicated(mesh)
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  _, _, init_fn, train_step, _ = loop._build(config, mesh)  # pylint: disable=protected-access
-  state = loop.abstract_train_state(init_fn, replicated)
+  built = loop.build(hp, mesh)
+  train_step = built.train_step
+  state = loop.abstract_train_state(built.init_fn, replicated)
   batch = abstract_batch(config, batch_sharding)
 
   # Every phase the loop can run (phases_at(0): all intervals divide 0), then finish.
@@ -355,7 +360,6 @@ def main(argv: list[str]) -> int:
   num_devices = int(FLAGS.num_devices)
   # Before the first jax call: JAX creates its CPU client (and reads XLA_FLAGS) lazily.
   force_host_devices(num_devices)
-  from gandance_jax import config_lib  # pylint: disable=g-import-not-at-top
   progress = lambda msg: print(msg, file=sys.stderr, flush=True)
   try:
     check_devices(num_devices)

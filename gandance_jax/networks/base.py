@@ -1,0 +1,114 @@
+"""The conditional-generator interface every network family implements (StyleGAN2, the 2D
+toy, BigGAN), and the label arithmetic they share.
+
+Everything downstream (guidance, the sampler, evaluators, post-processors, sweeps, CLIs) is
+written against `ConditionalGenerator` and never asks which family it drives. A family
+implements, as a Flax module used functionally::
+
+  ws  = G.apply(variables, z, labels, truncation_psi=1.0, broadcast=True, method=G.mapping)
+        # z [B, z_dim], labels int [B] -> ws [B, num_ws, w_dim] (broadcast=False: w [B, w_dim])
+  img = G.apply(variables, ws, noise_mode='const', method=G.synthesis)
+        # ws [B, num_ws, w_dim] -> NHWC images in [-1, 1] (or [B, 2] points for the toy)
+  G.num_ws, G.ws_resolutions(), G.z_dim, G.w_dim, G.num_classes, G.empty_class,
+  G.empty_label
+
+and keeps its truncation centre `w_avg` [w_dim] in the variables at
+``buffers/mapping_network/w_avg`` (`w_avg_of`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+Array = jax.Array
+Variables = Mapping[str, Any]
+
+# Synthesis noise: per-call random, the stored constant, or none.
+NOISE_MODES = ("random", "const", "none")
+
+
+def _is_concrete(x: Any) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+@runtime_checkable
+class ConditionalGenerator(Protocol):
+  """What guidance, the sampler and the evaluators use of a generator (see the module
+  docstring). `mapping` and `synthesis` are Flax methods, called through `G.apply`."""
+  z_dim: int
+  w_dim: int
+  num_classes: int
+  empty_class: bool
+
+  @property
+  def num_ws(self) -> int: ...
+
+  @property
+  def empty_label(self) -> int | None: ...
+
+  def ws_resolutions(self) -> list[int]: ...
+
+  def mapping(self, z: Array, labels: Array, truncation_psi: Any = 1.0, *args: Any,
+              **kwargs: Any) -> Array: ...
+
+  def synthesis(self, ws: Array, noise_mode: str = "const") -> Array: ...
+
+
+def w_avg_of(variables: Variables) -> Array | None:
+  """The truncation centre [w_dim] of a generator's variables, or None if it has none."""
+  return variables.get("buffers", {}).get("mapping_network", {}).get("w_avg")
+
+
+def validate_labels(labels: Any, num_classes: int, empty_class: bool) -> None:
+  """Raises ValueError if integer ``labels`` hold ids the network has no embedding row for.
+
+  Valid ids are [0, num_classes), plus ``num_classes`` (the empty condition) when
+  ``empty_class``. Traced labels (inside jit) cannot be checked here; callers such as the
+  sampler check them on the host before compiling.
+  """
+  if not _is_concrete(labels):
+    return
+  arr = np.asarray(labels)
+  if arr.size == 0:
+    return
+  if not np.issubdtype(arr.dtype, np.integer):
+    raise ValueError(f"integer labels expected, got dtype {arr.dtype}")
+  hi = num_classes + (1 if empty_class else 0)
+  bad = arr[(arr < 0) | (arr >= hi)]
+  if bad.size:
+    allowed = f"[0, {num_classes})" + (f" or {num_classes} (empty class)" if empty_class else "")
+    hint = ("" if empty_class or not np.any(bad == num_classes) else
+            f"; id {num_classes} is the empty class, which needs empty_class=True")
+    raise ValueError(f"label ids must be in {allowed}, got {sorted(set(bad.tolist()))[:8]}{hint}")
+
+
+
+
+def check_classes(num_classes: int, empty_class: bool) -> None:
+  """Raises ValueError for a negative class count or an empty class without classes."""
+  if num_classes < 0:
+    raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+  if empty_class and num_classes == 0:
+    raise ValueError("empty_class=True needs num_classes > 0")
+
+
+
+
+class ConditionalLabels:
+  """Label arithmetic of a class-conditional module with `num_classes` and `empty_class`
+  fields (G and D here and in networks/toy2d.py)."""
+  num_classes: int
+  empty_class: bool
+
+  @property
+  def c_dim(self) -> int:
+    """Label embedding inputs: the classes plus, with `empty_class`, the empty one."""
+    return self.num_classes + (1 if self.empty_class else 0)
+
+  @property
+  def empty_label(self) -> int | None:
+    """The id of the empty condition, or None without `empty_class`."""
+    return self.num_classes if self.empty_class else None
