@@ -108,9 +108,11 @@ def test_golden_pickle_loads_without_torch():
   assert r["training_set_kwargs"] == info["training_set_kwargs"]
 
 
-def test_importing_interop_does_not_import_torch_or_jax():
+def test_importing_interop_does_not_import_torch():
+  # The package also exposes the StyleGAN2 bridge (interop.nvidia, which imports jax and the
+  # networks); torch is never imported, whatever is read.
   code = ("import sys; import gandance_jax.interop as i; "
-          "i.read_torch_state_dict; print(sorted(m for m in ('torch', 'jax') "
+          "i.read_torch_state_dict; print(sorted(m for m in ('torch',) "
           "if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                        text=True, check=True).stdout.strip()
@@ -223,12 +225,12 @@ def test_writer_roundtrip_through_torch(tmp_path):
 def _small_nets():
   import jax  # pylint: disable=g-import-not-at-top
   from gandance_jax.networks import stylegan2  # pylint: disable=g-import-not-at-top
-  from tests.conftest import random_vars  # pylint: disable=g-import-not-at-top
+  from tests.conftest import random_variables, random_vars  # pylint: disable=g-import-not-at-top
   G = stylegan2.Generator(z_dim=8, w_dim=8, num_classes=3, empty_class=True, resolution=8,
                           mapping_layers=2, channel_base=64, channel_max=8)
   D = stylegan2.Discriminator(num_classes=3, empty_class=True, resolution=8, channel_base=64,
                               channel_max=8, mapping_layers=2, architecture="resnet")
-  g_vars = stylegan2.random_variables(G, seed=1)
+  g_vars = random_variables(G, seed=1)
   d_vars = random_vars(D, np.zeros((4, 8, 8, 3), np.float32), np.zeros(4, np.int32), seed=2)
   return jax, stylegan2, G, g_vars, D, d_vars
 
@@ -272,17 +274,18 @@ def test_export_cli_from_a_workdir(tmp_path):
   from gandance_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   from tests import _mp_common as common  # pylint: disable=g-import-not-at-top
   config = common.tiny_config()
-  G, D = state_lib.build_models(config)
-  g_tx, d_tx = state_lib.make_optimizers(config)
+  hp = common.tiny_hparams()
+  G, D = state_lib.build_models(hp)
+  g_tx, d_tx = state_lib.make_optimizers(hp.train)
   # Random leaves of the right shapes (no compile of the init; the values are arbitrary).
   rng = np.random.default_rng(0)
   state = jax.tree.map(
       lambda s: (jax.random.key(0) if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key)
                  else np.asarray(rng.standard_normal(s.shape)).astype(s.dtype)),
-      jax.eval_shape(lambda: state_lib.init_train_state(config, G, D, g_tx, d_tx)))
+      jax.eval_shape(lambda: state_lib.init_train_state(hp, G, D, g_tx, d_tx)))
   ckpt = checkpoint.Checkpointer(str(tmp_path / "run"), async_save=False)
-  checkpoint.save_config(str(tmp_path / "run"), config)
-  ckpt.save(state, 3, config)
+  checkpoint.save_config(str(tmp_path / "run"), hp.config)
+  ckpt.save(state, 3, hp.config)
   ckpt.close()
   out = tmp_path / "out.pth"
   assert cli.main(["export", str(tmp_path / "run"), str(out)]) == 0

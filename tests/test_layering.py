@@ -21,7 +21,12 @@ LAYERS = {
     "gandance_jax.multihost": 0,
     "gandance_jax.images": 0,
     "gandance_jax.data": 1,
-    "gandance_jax.interop": 1,
+    # The readers of torch files and pickles need numpy only; the NVIDIA/StyleGAN2 bridge
+    # builds networks from them (as checkpoint does) and the export CLI is an entry point.
+    "gandance_jax.interop.safe_pickle": 1,
+    "gandance_jax.interop.torch_files": 1,
+    "gandance_jax.interop": 3,
+    "gandance_jax.interop.__main__": 9,
     "gandance_jax.networks": 2,
     "gandance_jax.checkpoint": 3,
     "gandance_jax.guidance": 4,
@@ -46,13 +51,19 @@ FORBIDDEN = [
      ("gandance_jax.train", "gandance_jax.evaluation", "gandance_jax.sampler",
       "gandance_jax.guidance")),
     (("gandance_jax.checkpoint",), ("gandance_jax.train",)),
-    (("gandance_jax.data", "gandance_jax.checkpoint", "gandance_jax.interop"),
+    (("gandance_jax.interop.nvidia",),
+     ("gandance_jax.guidance", "gandance_jax.sampler", "gandance_jax.evaluation",
+      "gandance_jax.train", "gandance_jax.postprocess", "gandance_jax.main")),
+    (("gandance_jax.data", "gandance_jax.checkpoint", "gandance_jax.interop.safe_pickle",
+      "gandance_jax.interop.torch_files"),
      ("gandance_jax.networks", "gandance_jax.guidance", "gandance_jax.sampler",
       "gandance_jax.evaluation", "gandance_jax.train", "gandance_jax.postprocess",
       "gandance_jax.sample_cli", "gandance_jax.main")),
 ]
 # checkpoint reads and builds generators (load_generator), so it may import networks.
-ALLOWED_EXCEPTIONS = {("gandance_jax.checkpoint", "gandance_jax.networks")}
+# interop.nvidia turns NVIDIA's pickles and state dicts into this project's StyleGAN2.
+ALLOWED_EXCEPTIONS = {("gandance_jax.checkpoint", "gandance_jax.networks"),
+                      ("gandance_jax.interop.nvidia", "gandance_jax.networks")}
 
 
 def _module_name(path: pathlib.Path, package: pathlib.Path = PACKAGE) -> str:

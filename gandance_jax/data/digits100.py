@@ -52,10 +52,14 @@ Data pipeline registration (one line in `pipeline.make_source`, plus 'digits100'
 
 from __future__ import annotations
 
+import argparse
 import functools
 from typing import Any
 
 import numpy as np
+
+from gandance_jax import images as images_lib
+from gandance_jax.data.base import ArraySource
 
 NUM_DIGITS = 10
 NUM_STYLES = 10
@@ -306,7 +310,7 @@ def source_and_style(seed: int = 0, imbalance: float = 1.0) -> tuple[np.ndarray,
 
 def make_source(resolution: int = DEFAULT_RESOLUTION, *, xflip: bool = False, seed: int = 0,
                 imbalance: float = 1.0, render_seed: int = 0) -> Any:
-  """The data-pipeline source (`pipeline.ArraySource`, name 'digits100', 100 classes).
+  """The data-pipeline source (`base.ArraySource`, name 'digits100', 100 classes).
 
   `seed` (the config's data.seed) orders the batches, as for every source; the images are
   rendered with `render_seed`, 0 by default whatever data.seed is, so every run trains on the
@@ -314,7 +318,6 @@ def make_source(resolution: int = DEFAULT_RESOLUTION, *, xflip: bool = False, se
   from. With `imbalance > 1` the kept images are also drawn with `render_seed`.
   xflip mirrors digits (not advisable).
   """
-  from gandance_jax.data.pipeline import ArraySource  # pylint: disable=g-import-not-at-top
   images, labels = load_digits100(resolution, seed=render_seed, imbalance=imbalance)
   return ArraySource(images, labels, num_classes=NUM_CLASSES, xflip=xflip, seed=seed,
                      name="digits100", class_names=CLASS_NAMES)
@@ -340,8 +343,6 @@ def style_grid(resolution: int = DEFAULT_RESOLUTION, *, seed: int = 0,
 
 def main(argv: list[str] | None = None) -> None:
   """Writes the 10x10 class grid PNG: python -m gandance_jax.data.digits100 OUT.png."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  from gandance_jax import images as images_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument("out", help="PNG path, e.g. docs/digits100/classes.png")
   parser.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)

@@ -11,25 +11,21 @@
 
 Every pickle goes through `safe_pickle.RestrictedUnpickler`: a global outside the formats'
 allow-lists raises `UnsafePickleError` and nothing from the file is run. Importing this
-package imports neither torch nor jax; the StyleGAN2 functions (which build Flax modules)
-load `interop.nvidia` on first use.
+package never imports torch. The readers (`torch_files`, `safe_pickle`) need numpy and the
+standard library only; `nvidia` builds this project's StyleGAN2 (jax, flax) from what they
+read.
 """
 
 from gandance_jax.interop.safe_pickle import FormatError, InteropError, UnsafePickleError
 from gandance_jax.interop.torch_files import (load_torch_file, read_torch_state_dict,
                                               write_torch_file)
 
+from gandance_jax.interop.nvidia import (export_stylegan2, load_nvidia_pickle,
+                                         load_stylegan2_generator, load_stylegan2_torch_file,
+                                         stylegan2_settings, stylegan2_torch_state_dict)
+
 _NVIDIA = ("load_nvidia_pickle", "load_stylegan2_torch_file", "load_stylegan2_generator",
            "export_stylegan2", "stylegan2_torch_state_dict", "stylegan2_settings")
-
-
-def __getattr__(name: str):
-  # Lazy: reading a .pth needs numpy only; these need jax and the networks.
-  if name in _NVIDIA:
-    from gandance_jax.interop import nvidia  # pylint: disable=g-import-not-at-top
-    return getattr(nvidia, name)
-  raise AttributeError(f"module 'gandance_jax.interop' has no attribute {name!r}")
-
 
 __all__ = ["read_torch_state_dict", "load_torch_file", "write_torch_file", "InteropError",
            "FormatError", "UnsafePickleError", *_NVIDIA]

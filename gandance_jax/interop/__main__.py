@@ -17,6 +17,7 @@ import sys
 import jax
 
 from gandance_jax import checkpoint
+from gandance_jax import config_lib
 from gandance_jax.interop import nvidia
 from gandance_jax.train import state as state_lib
 
@@ -29,8 +30,8 @@ def export(workdir: str, out: str, which: str = "latest", with_d: bool = True) -
   note = ""
   if with_d:
     try:
-      state, _ = checkpoint.load_train_state(workdir, step)
-      D = state_lib.build_models(config)[1]
+      state, _ = state_lib.load_train_state(workdir, step)
+      D = state_lib.build_models(config_lib.validate_config(config))[1]
       d_vars = {"params": state.d_params, "buffers": state.d_buffers}
     except FileNotFoundError as e:  # e.g. a best snapshot whose train state was rotated away
       note = f" (no D: {e})"
