@@ -376,6 +376,8 @@ def guided_latents(G: base.ConditionalGenerator, variables: Variables, z: Array,
     w = mapping(z, labels)
     if w_avg is not None:
       w = truncate(w, w_avg, truncation_psi)
+    if w.ndim == 3:  # per-layer rows already (BigGAN: one conditioning vector per block)
+      return w
     return jnp.broadcast_to(w[:, None, :], (w.shape[0], G.num_ws, w.shape[-1]))
   kwargs = (dict(opposite_labels=opposite_labels) if mode == "training_free" else
             dict(empty_label=G.empty_label))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gandance_jax import guidance
+from gandance_jax import sampler as sampler_lib
 from gandance_jax.networks import biggan
 from tests.conftest import TEST_DATA_DIR, golden_path
 
@@ -314,16 +315,16 @@ def test_guided_ws_is_alg2_and_alg3_on_y(tiny, scale):
 
 
 def test_sampler_drives_biggan(tiny):
-  """guidance.make_sampler on BigGAN's G, unchanged: its latents are guided_ws of the
+  """sampler.make_sampler on BigGAN's G, unchanged: its latents are guided_ws of the
   sampler's z (both modes, layer-wise scales), and it synthesises images from them."""
   G, v = tiny
   key = jax.random.key(7)
   labels = np.asarray([3, 0, 1], np.int32)
   scale = guidance.layerwise_scale(G.ws_resolutions(), {4: 1.0, 8: 2.0, 16: 1.5, 32: 1.2})
   mapping = lambda z_, c_: G.apply(v, z_, c_, method=G.mapping)
-  z = guidance.sample_z(key, jnp.arange(3), G.z_dim)
+  z = sampler_lib.sample_z(key, jnp.arange(3), G.z_dim)
   for mode, opposite in (("training_free", [1, 2, 4]), ("learned", None)):
-    sampler = guidance.make_sampler(G, mode=mode, scale=scale, opposite_labels=opposite)
+    sampler = sampler_lib.make_sampler(G, mode=mode, scale=scale, opposite_labels=opposite)
     ws = np.asarray(sampler.latents(v, key, labels))
     kwargs = (dict(opposite_labels=opposite) if opposite else dict(empty_label=G.empty_label))
     want = guidance.guided_ws(mapping, z, jnp.asarray(labels), scale=scale, num_ws=G.num_ws,
@@ -336,6 +337,20 @@ def test_sampler_drives_biggan(tiny):
   images = np.asarray(sampler(v, key, labels))  # G.synthesis of those ws, in the sampler.
   assert images.shape == (3, 32, 32, 3) and np.all(np.abs(images) <= 1)
   assert np.std(images[0] - images[1]) > 1e-3  # Different samples, not a constant.
+
+
+def test_unguided_sampler_on_biggan(tiny):
+  """mode 'none' and scale 1 (the sampler's unguided path) give BigGAN's mapping rows
+  exactly: BigGAN's ws are already per-block, nothing is broadcast."""
+  G, v = tiny
+  key = jax.random.key(5)
+  labels = np.asarray([2, 0, 1], np.int32)
+  z = sampler_lib.sample_z(key, jnp.arange(3), G.z_dim)
+  want = np.asarray(G.apply(v, z, jnp.asarray(labels), method=G.mapping))
+  for kwargs in (dict(mode="none"), dict(mode="learned", scale=1.0),
+                 dict(mode="training_free", scale=1.0)):
+    ws = np.asarray(sampler_lib.make_sampler(G, **kwargs).latents(v, key, labels))
+    np.testing.assert_array_equal(ws, want)
 
 
 def test_truncation_is_a_truncated_normal(tiny):
@@ -364,9 +379,9 @@ def test_truncation_is_a_truncated_normal(tiny):
   np.testing.assert_array_equal(plain[..., 3:], np.asarray(zz).reshape(2, 4, 2))
   # Through the sampler: its normal z, truncated by the module it drives.
   key = jax.random.key(6)
-  ws = np.asarray(guidance.make_sampler(G.clone(truncation=0.5), mode="learned", scale=1.3)
+  ws = np.asarray(sampler_lib.make_sampler(G.clone(truncation=0.5), mode="learned", scale=1.3)
                   .latents(v, key, np.asarray([2, 3])))
-  z_sampler = guidance.sample_z(key, jnp.arange(2), G.z_dim)
+  z_sampler = sampler_lib.sample_z(key, jnp.arange(2), G.z_dim)
   want = np.asarray(biggan.truncate_normal(z_sampler, 0.5)).reshape(2, 4, 2)
   # Empty-class guidance leaves z bit for bit; the jitted ndtr/ndtri may round differently
   # from the eager ones: a few ulps of p in [0, 1], times the slope 1/phi(z) <= 2.9 of ndtri

@@ -69,7 +69,7 @@ threshold ``truncation = t > 0`` (module field, or the ``truncation=`` keyword),
 through ``Phi^-1(Phi(-t) + (1 - 2 Phi(-t)) Phi(z))``, which turns N(0, 1) into exactly that
 truncated normal, elementwise. ``truncation = 0`` (default) is no truncation. A sampler
 config's truncation threshold therefore goes into the module it drives, e.g.
-``guidance.make_sampler(G.clone(truncation=0.5), mode='learned', scale=1.3)``; guidance then
+``sampler.make_sampler(G.clone(truncation=0.5), mode='learned', scale=1.3)``; guidance then
 acts on the truncated z's rows exactly as without truncation.
 """
 
@@ -83,8 +83,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gandance_jax.networks.stylegan2 import (ConditionalLabels, NOISE_MODES, check_classes,
-                                             validate_labels)
+from gandance_jax.networks.base import (NOISE_MODES, ConditionalLabels, check_classes,
+                                        validate_labels)
 
 Array = jax.Array
 STATS = "batch_stats"  # Non-trainable: BN running statistics and spectral-norm u / sv.
