@@ -26,18 +26,24 @@ from gandance_jax.evaluation import fid as fid_lib
 
 
 def default_specs(config: ml_collections.ConfigDict) -> list[evaluators.EvalSpec]:
-  """config.evals, or one digits FID over config.sample's scales when none is configured."""
+  """config.evals, plus (digits) one FID over config.sample's scales when none is a FID.
+
+  The digits default is what `--mode=all` reports per guidance scale next to the configured
+  evaluators (configs/digits.py configures only the end-of-training class accuracy).
+  """
   specs = evaluators.parse_evals(config.get("evals", {}) or {})
-  if specs:
+  if any(spec.type == "fid" for spec in specs):
     return specs
   if config.data.name != "digits":
+    if specs:
+      return specs
     raise ValueError("config.evals is empty: configure an evaluator in the config file, e.g. "
                      "config.evals.fid10k = dict(type='fid', extractor='inception', "
                      "inception_weights=..., num_samples=10000) (see configs/cifar10.py); its "
                      "fields can then be overridden with --config.evals.fid10k.<field>=...")
   s = config.sample
   mode = s.mode if config.generator.empty_class or s.mode != "learned" else "training_free"
-  return [evaluators.parse_spec("fid", dict(
+  return specs + [evaluators.parse_spec("fid", dict(
       type="fid", extractor="digits", num_samples=int(s.num_samples),
       guidance_scales=[float(x) for x in s.scales], mode=mode,
       num_opposite=int(s.num_opposite), truncation_psi=float(s.truncation_psi),
