@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from gandance_jax import guidance, images
+from gandance_jax.data import base as data_base
 from gandance_jax.networks import base
 from gandance_jax.train import hparams as hparams_lib
 
@@ -126,8 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-DATA_NAMES = ("digits", "cifar10", "imagenet_resized/32x32", "imagenet_resized/64x64", "npz",
-              "folder", "mixture_8gaussians", "mixture_25gaussians")
+DATA_NAMES = data_base.SOURCE_NAMES
 ARCHITECTURES = ("orig", "skip", "resnet")
 AUGMENTS = ("none", "diffaugment", "ada")
 AUGMENT_OPS = ("color", "translation", "cutout")

@@ -15,7 +15,7 @@ def load_config(name: str, arg: str = ""):
   return module.get_config(arg)
 
 
-@pytest.mark.parametrize("name", ["digits", "cifar10", "imagenet64"])
+@pytest.mark.parametrize("name", ["digits", "digits100", "cifar10", "imagenet64"])
 @pytest.mark.parametrize("arg", ["", "shrink"])
 def test_configs_validate(name, arg):
   config = load_config(name, arg)
@@ -67,3 +67,14 @@ def test_label_reset_needs_empty_class():
   config.train.label_reset_prob = 0.0
   config.sample.mode = "training_free"
   config_lib.validate_config(config)  # plain conditional training is valid
+
+
+def test_digits100_config_reaches_its_source_and_extractor():
+  from gandance_jax.data import make_source  # pylint: disable=g-import-not-at-top
+  config = load_config("digits100", "shrink,fid")
+  hp = config_lib.validate_config(config)
+  source = make_source(config.data)
+  assert source.num_classes == config.generator.num_classes == 100
+  batch = next(source.batches(4))
+  assert batch["image"].shape == (4, 16, 16, 3) and batch["label"].max() < 100
+  assert {s.extractor for s in hp.evals} == {"digits100"}

@@ -39,10 +39,10 @@ import numpy as np
 Batch = dict[str, np.ndarray]
 
 # Names accepted by `make_source` (the value of `data.name`).
-IMAGE_ARRAY_NAMES = ("digits", "npz", "folder")
+IMAGE_ARRAY_NAMES = ("digits", "digits100", "npz", "folder")
 TFDS_NAMES = ("cifar10", "imagenet_resized/32x32", "imagenet_resized/64x64")
 MIXTURE_NAMES = ("mixture_8gaussians", "mixture_25gaussians")
-SOURCE_NAMES = ("digits",) + TFDS_NAMES + ("npz", "folder") + MIXTURE_NAMES
+SOURCE_NAMES = ("digits", "digits100") + TFDS_NAMES + ("npz", "folder") + MIXTURE_NAMES
 
 # Purpose tags mixed into the numpy seed sequences, so that the permutation and the flips
 # of the same (seed, step) are independent streams (mixtures2d adds 'MIXT').

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gandance_jax.data import base, folder, mixtures2d, tfds_input
+from gandance_jax.data import base, digits100, folder, mixtures2d, tfds_input
 from gandance_jax.data.digits import load_digits
 
 
@@ -71,6 +71,12 @@ def make_source(data_config: Any) -> base.Source:
     images, labels = load_digits(resolution if resolution is not None else 16)
     return base.ArraySource(images, labels, num_classes=10, xflip=xflip, seed=seed,
                        name=name, class_names=tuple(str(i) for i in range(10)))
+
+  if name == "digits100":
+    # data.seed orders the batches; the images are always the seed-0 rendering that the
+    # digits100 classifier and its FID references were made from (data/digits100.py).
+    return digits100.make_source(resolution if resolution is not None else 16, xflip=xflip,
+                                 seed=seed)
 
   if name in ("npz", "folder"):
     path = _get(data_config, "path")

@@ -26,14 +26,14 @@ import numpy as np
 from gandance_jax import multihost
 from gandance_jax import sampler as sampler_lib
 from gandance_jax.data import make_source
-from gandance_jax.evaluation import digits_classifier
+from gandance_jax.evaluation import digits100_classifier, digits_classifier
 from gandance_jax.evaluation import features as features_lib
 from gandance_jax.evaluation import fid as fid_lib
 from gandance_jax.evaluation import inception, weights
 from gandance_jax.evaluation import scores as scores_lib
 from gandance_jax.networks import base
 
-EXTRACTORS = ("digits", "inception")
+EXTRACTORS = ("digits", "digits100", "inception")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +104,9 @@ class EvalData:
       if spec.extractor == "digits":
         res = int(self.data.get("resolution", 16) or 16)
         self._extractors[key] = digits_classifier.get_extractor(resolution=min(res, 16))
+      elif spec.extractor == "digits100":
+        res = int(self.data.get("resolution", 16) or 16)
+        self._extractors[key] = digits100_classifier.get_extractor(resolution=res)
       else:
         if not spec.inception_weights:
           raise spec_error(spec.name, "inception_weights", "", "the Inception extractor needs "
@@ -244,6 +247,12 @@ def classifier_metrics(spec: EvalSpec, samples: Samples) -> dict[str, float]:
   if spec.extractor == "digits":
     return {k: float(v) for k, v in
             scores_lib.classifier_metrics(samples.logits, samples.labels).items()}
+  if spec.extractor == "digits100":
+    # 100 classes = 10 digits x 10 styles: also which half of the class a sample gets right.
+    acc = digits100_classifier.accuracies_from_logits(samples.logits, samples.labels)
+    return {**{k: float(v) for k, v in
+               scores_lib.classifier_metrics(samples.logits, samples.labels).items()},
+            "digit_accuracy": acc.digit, "style_accuracy": acc.style}
   return {"inception_score": float(scores_lib.inception_score(samples.logits))}
 
 
