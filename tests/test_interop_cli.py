@@ -13,6 +13,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from gandance_jax import config_lib, images, interop, main, sample_cli
+from gandance_jax.evaluation import cli, evaluators
 from gandance_jax import sampler as sampler_lib
 from gandance_jax.interop import network_file
 from gandance_jax.networks import stylegan2
@@ -103,6 +104,12 @@ def test_learned_mode_needs_the_empty_class(tmp_path, monkeypatch):
     sample_cli.run(config, str(tmp_path), network=str(pkl))
   assert _main(tmp_path, "sample", pkl, sample__mode="learned") == 2
   assert not (tmp_path / "samples").exists()
+  # --mode=eval: an evaluator configured with learned guidance.
+  config.evals.fid = dict(type="fid", mode="learned", guidance_scales=[1.0, 1.5])
+  with pytest.raises(config_lib.ConfigError,
+                     match=f"config.evals.fid.mode = 'learned'.*{pkl.name}.*training_free"):
+    cli.run(config, str(tmp_path), network=str(pkl))
+  assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_bad_network_files_are_named(tmp_path):
@@ -202,3 +209,24 @@ def test_init_from_bad_files_are_named(tmp_path):
                      (folder, "BigGAN-PyTorch checkpoint folder.*not supported")):
     with pytest.raises(warm_start.WarmStartError, match=f"{path.name}.*{what}"):
       warm_start.load_pretrained(str(path), hp_of(path))
+
+
+def test_eval_nvidia_pickle_through_main(tmp_path, monkeypatch):
+  """--mode=eval --network=<pkl>: the evaluators get the pickle's G_ema (the evaluators
+  themselves are tested in test_evaluator.py); the record goes to --workdir."""
+  pkl = golden_path(*PKL)
+  seen = []
+  def run(self, G, g_vars, step, specs, **kwargs):
+    seen.append((G, g_vars, step, [s.mode for s in specs]))
+    return {"fid/fid@1": 1.5}
+  monkeypatch.setattr(evaluators.Suite, "run", run)
+  assert _main(tmp_path, "eval", pkl, sample__mode="learned", sample__scales=(1.0,)) == 0
+  ((G, g_vars, step, modes),) = seen
+  want_G, want_vars = interop.load_nvidia_pickle(pkl)["G_ema"]
+  assert G == want_G and step == 0
+  jax.tree.map(np.testing.assert_array_equal, g_vars, want_vars)
+  # The digits default FID (after the config's evaluators): 'learned' needs the empty class,
+  # which the pickle's G lacks.
+  assert modes[-1] == "training_free" and "learned" not in modes
+  (record,) = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert record == {"eval": True, "step": 0, "network": str(pkl), "fid/fid@1": 1.5}

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from gandance_jax import checkpoint
+from gandance_jax import config_lib
 from gandance_jax import multihost
 from gandance_jax.data import folder
 from gandance_jax.evaluation import evaluators
@@ -103,9 +104,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, which: str = "latest",
     else:
       G, g_vars, _, step = checkpoint.load_generator_from(workdir, which)
       source = {"checkpoint": which}
+    specs = default_specs(config, G.empty_class)
+    for spec in specs:
+      if (spec.mode == "learned" and not G.empty_class
+          and any(float(x) != 1 for x in spec.guidance_scales)):
+        raise config_lib.ConfigError(
+            f"config.evals.{spec.name}.mode = 'learned' needs a generator trained with the "
+            f"empty class; the generator of {network or workdir!r} has none (set it to "
+            "'training_free' or 'none')")
     # The data/evals of the command line win; the networks come from the checkpoint.
-    suite = evaluators.Suite(default_specs(config, G.empty_class),
-                             evaluators.EvalData(workdir, config.data))
+    suite = evaluators.Suite(specs, evaluators.EvalData(workdir, config.data))
     metrics = suite.run(G, g_vars, step, suite.specs,
                         metrics_path=os.path.join(workdir, "eval_metrics.jsonl"))
     record = {"eval": True, "step": int(step), **source, **metrics}
