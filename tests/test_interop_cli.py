@@ -4,7 +4,7 @@ workdir>` and `--config.train.init_from=<pkl | .pth>` (interop.network_file, war
 from __future__ import annotations
 
 import json
-import os
+import types
 
 import jax
 import numpy as np
@@ -230,3 +230,28 @@ def test_eval_nvidia_pickle_through_main(tmp_path, monkeypatch):
   assert modes[-1] == "training_free" and "learned" not in modes
   (record,) = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert record == {"eval": True, "step": 0, "network": str(pkl), "fid/fid@1": 1.5}
+
+
+def test_network_workdir_writes_into_workdir(tmp_path, monkeypatch):
+  """--network=<another run> samples that run's checkpoint `which`; files go to --workdir."""
+  G = stylegan2.Generator(empty_class=True, **TINY)
+  g_vars = random_variables(G, seed=2)
+  other = tmp_path / "pretrained_run"
+  other.mkdir()
+  calls = []
+  def load_generator_from(workdir, which="latest"):
+    calls.append((workdir, which))
+    return G, g_vars, config_lib.base_config(), 77
+  monkeypatch.setattr(network_file, "checkpoint",
+                      types.SimpleNamespace(load_generator_from=load_generator_from))
+  config = config_lib.base_config()
+  config.sample.update(dict(mode="learned", outputs=("npz",), num_samples=6, batch_size=6,
+                            seed=3, npz_scales=(1.5,)))
+  out = sample_cli.run(config, str(tmp_path / "work"), "best", network=str(other))
+  assert calls == [(str(other), "best")]
+  (path,) = out["npz"]
+  assert path == str(tmp_path / "work" / "samples" / "best_step_77" /
+                     "samples_6_learned_s1.5.npz")
+  with np.load(path) as f:
+    np.testing.assert_array_equal(
+        f["arr_0"], _expected_npz(G, g_vars, f["arr_1"], "learned", 1.5))
