@@ -72,8 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
       loss="ns",                 # 'ns' (non-saturating logistic) or 'san' (SAN, seeds/004).
       san_base="hinge",          # SAN's function-part loss: 'hinge' or 'logistic'.
       # Fine-tune a pre-trained conditional GAN (gandance_jax/train/warm_start.py): a workdir of a
-      # run or an .npz of NVIDIA state dicts; '' = train from scratch. Used only when the
-      # workdir has no checkpoint yet.
+      # run, a stylegan2-ada network-snapshot .pkl, or a .pth / .npz of NVIDIA state dicts;
+      # '' = train from scratch. Used only when the workdir has no checkpoint yet.
       init_from="",
       init_empty="mean",         # The added empty-class row: 'mean' of the classes or 'init'.
   ))

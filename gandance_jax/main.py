@@ -5,6 +5,9 @@
       --config.train.batch_size=16
   python -m gandance_jax.main --config=configs/digits.py --workdir=/tmp/digits --mode=sample
   python -m gandance_jax.main --config=configs/digits.py --workdir=/tmp/digits --mode=eval
+  # GANdance on a downloaded pre-trained conditional GAN (NVIDIA's network pickle, a .pth):
+  python -m gandance_jax.main --config=configs/cifar10.py --workdir=runs/nv_c10 --mode=sample \\
+      --network=cifar10.pkl --config.sample.mode=training_free
 
 Multi-process (one process per host or GPU): launchers that JAX detects (SLURM, Open MPI,
 multi-host TPU) need no flags; otherwise pass --coordinator_address, --num_processes and
@@ -22,6 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gandance_jax import config_lib
+from gandance_jax import interop
 from gandance_jax import sample_cli
 from gandance_jax.evaluation import cli
 from gandance_jax.train import loop
@@ -44,6 +48,11 @@ flags.DEFINE_string("compilation_cache_dir",
 flags.DEFINE_string("checkpoint", "latest",
                     "--mode=sample/eval: 'latest', 'best' (the best in-loop snapshot of "
                     "config.best_metric) or a step number.")
+flags.DEFINE_string("network", "",
+                    "--mode=sample/eval: the generator to use instead of --workdir's checkpoint: "
+                    "a stylegan2-ada network-snapshot .pkl, a StyleGAN2 .pth (settings from "
+                    "the file, else from --config.generator.*) or a run's workdir. Outputs "
+                    "still go to --workdir.")
 flags.DEFINE_bool("log_all_processes", False,
                   "Log INFO from every process (default: only process 0; others warn/error).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -69,6 +78,11 @@ def main(argv: list[str]) -> int:
   if which not in ("latest", "best") and not which.isdigit():
     logging.error("--checkpoint = %r is invalid: 'latest', 'best' or a step number", which)
     return 2
+  network = FLAGS.network.strip()
+  if network and FLAGS.mode not in ("sample", "eval"):
+    logging.error("--network = %r is for --mode=sample or --mode=eval, not --mode=%s (to "
+                  "fine-tune from it use --config.train.init_from)", network, FLAGS.mode)
+    return 2
   try:
     hparams = config_lib.validate_config(config)
   except config_lib.ConfigError as e:
@@ -86,10 +100,17 @@ def main(argv: list[str]) -> int:
     except loop.Preempted as e:
       logging.warning("%s", e)
       return 143
-  if FLAGS.mode in ("sample", "all"):
-    sample_cli.run(config, FLAGS.workdir, FLAGS.checkpoint)
-  if FLAGS.mode in ("eval", "all"):
-    cli.run(config, FLAGS.workdir, FLAGS.checkpoint)
+  try:
+    if FLAGS.mode in ("sample", "all"):
+      sample_cli.run(config, FLAGS.workdir, FLAGS.checkpoint, network=network)
+    if FLAGS.mode in ("eval", "all"):
+      cli.run(config, FLAGS.workdir, FLAGS.checkpoint, network=network)
+  except (interop.InteropError, config_lib.ConfigError) as e:
+    if not network:
+      raise
+    # A bad --network file or a sample option its generator cannot do: one clear line.
+    logging.error("%s", e)
+    return 2
   return 0
 
 

@@ -30,6 +30,7 @@ from absl import logging
 
 from gandance_jax import checkpoint
 from gandance_jax import config_lib, guidance, images, multihost
+from gandance_jax.interop import network_file
 from gandance_jax.networks import base
 from gandance_jax import sampler as sampler_lib
 
@@ -207,13 +208,26 @@ def run_with_generator(G: base.ConditionalGenerator, variables: Any, sample_conf
   return outputs
 
 
-def run(config: Any, workdir: str, which: str = "latest") -> dict[str, list[str]]:
-  """`main.py --mode=sample`: samples from the G EMA of a checkpoint in `workdir`.
+def run(config: Any, workdir: str, which: str = "latest", network: str = ""
+        ) -> dict[str, list[str]]:
+  """`main.py --mode=sample`: samples from the G EMA of a checkpoint in `workdir`, or from
+  `network` (--network: a network-snapshot .pkl, a StyleGAN2 .pth or another run's workdir;
+  see interop.network_file). Outputs go to `<workdir>/samples/<tag>` either way.
 
   `which`: 'latest', 'best' (the best in-loop snapshot, config.best_metric) or a step.
   """
-
-  G, variables, _, step = checkpoint.load_generator_from(workdir, which)
+  if network:
+    G, variables, tag = network_file.load_network(network, config.generator, which)
+    if config.sample.mode == "learned" and not G.empty_class:
+      raise config_lib.ConfigError(
+          f"config.sample.mode = 'learned' needs a generator trained with the empty class; "
+          f"the generator of --network = {network!r} has none (use "
+          "--config.sample.mode=training_free or none)")
+    source = network
+  else:
+    G, variables, _, step = checkpoint.load_generator_from(workdir, which)
+    tag = f"best_step_{step}" if which == "best" else f"step_{step}"
+    source = f"{workdir} (step {step})"
   check(G, config.sample)
   devices = jax.devices()
   mesh_data = config.get("mesh", {}).get("data", -1)
@@ -222,7 +236,6 @@ def run(config: Any, workdir: str, which: str = "latest") -> dict[str, list[str]
       raise config_lib.ConfigError(f"config.mesh.data = {mesh_data} is invalid: only "
                                    f"{len(devices)} devices")
     devices = devices[:mesh_data]
-  tag = f"best_step_{step}" if which == "best" else f"step_{step}"
   outdir = config.sample.outdir or os.path.join(workdir, "samples", tag)
-  logging.info("sampling from %s (step %s) into %s", workdir, step, outdir)
+  logging.info("sampling from %s into %s", source, outdir)
   return run_with_generator(G, variables, config.sample, outdir, devices=devices)

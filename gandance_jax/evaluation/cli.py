@@ -19,17 +19,21 @@ import ml_collections
 import numpy as np
 
 from gandance_jax import checkpoint
+from gandance_jax import config_lib
 from gandance_jax import multihost
 from gandance_jax.data import folder
 from gandance_jax.evaluation import evaluators
 from gandance_jax.evaluation import fid as fid_lib
+from gandance_jax.interop import network_file
 
 
-def default_specs(config: ml_collections.ConfigDict) -> list[evaluators.EvalSpec]:
+def default_specs(config: ml_collections.ConfigDict, empty_class: bool | None = None
+                  ) -> list[evaluators.EvalSpec]:
   """config.evals, plus (digits) one FID over config.sample's scales when none is a FID.
 
   The digits default is what `--mode=all` reports per guidance scale next to the configured
   evaluators (configs/digits.py configures only the end-of-training class accuracy).
+  `empty_class`: whether the evaluated generator has the empty class (default: the config's).
   """
   specs = evaluators.parse_evals(config.get("evals", {}) or {})
   if any(spec.type == "fid" for spec in specs):
@@ -42,7 +46,9 @@ def default_specs(config: ml_collections.ConfigDict) -> list[evaluators.EvalSpec
                      "inception_weights=..., num_samples=10000) (see configs/cifar10.py); its "
                      "fields can then be overridden with --config.evals.fid10k.<field>=...")
   s = config.sample
-  mode = s.mode if config.generator.empty_class or s.mode != "learned" else "training_free"
+  if empty_class is None:
+    empty_class = bool(config.generator.empty_class)
+  mode = s.mode if empty_class or s.mode != "learned" else "training_free"
   return specs + [evaluators.parse_spec("fid", dict(
       type="fid", extractor="digits", num_samples=int(s.num_samples),
       guidance_scales=[float(x) for x in s.scales], mode=mode,
@@ -78,9 +84,11 @@ def evaluate_samples(config: ml_collections.ConfigDict, workdir: str, path: str
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, which: str = "latest"
-        ) -> dict[str, float]:
-  """Evaluates `config.eval_samples` if set, else a checkpoint's G EMA in `workdir`.
+def run(config: ml_collections.ConfigDict, workdir: str, which: str = "latest",
+        network: str = "") -> dict[str, float]:
+  """Evaluates `config.eval_samples` if set, else a checkpoint's G EMA in `workdir`, or the
+  generator of `network` (--network: a network-snapshot .pkl, a StyleGAN2 .pth or another
+  run's workdir; see interop.network_file). Results go to `workdir` either way.
 
   `which`: 'latest', 'best' (the best in-loop snapshot, config.best_metric) or a step.
   """
@@ -89,13 +97,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, which: str = "latest"
     metrics = evaluate_samples(config, workdir, path)
     record: dict[str, Any] = {"eval": True, "samples": path, **metrics}
   else:
-    G, g_vars, ckpt_config, step = checkpoint.load_generator_from(workdir, which)
+    if network:
+      G, g_vars, tag = network_file.load_network(network, config.generator, which)
+      step = int(tag.rsplit("_", 1)[1]) if tag.startswith(("step_", "best_step_")) else 0
+      source: dict[str, Any] = {"network": network}
+    else:
+      G, g_vars, _, step = checkpoint.load_generator_from(workdir, which)
+      source = {"checkpoint": which}
+    specs = default_specs(config, G.empty_class)
+    for spec in specs:
+      if (spec.mode == "learned" and not G.empty_class
+          and any(float(x) != 1 for x in spec.guidance_scales)):
+        raise config_lib.ConfigError(
+            f"config.evals.{spec.name}.mode = 'learned' needs a generator trained with the "
+            f"empty class; the generator of {network or workdir!r} has none (set it to "
+            "'training_free' or 'none')")
     # The data/evals of the command line win; the networks come from the checkpoint.
-    suite = evaluators.Suite(default_specs(config), evaluators.EvalData(workdir, config.data))
+    suite = evaluators.Suite(specs, evaluators.EvalData(workdir, config.data))
     metrics = suite.run(G, g_vars, step, suite.specs,
                         metrics_path=os.path.join(workdir, "eval_metrics.jsonl"))
-    del ckpt_config
-    record = {"eval": True, "step": int(step), "checkpoint": which, **metrics}
+    record = {"eval": True, "step": int(step), **source, **metrics}
   checkpoint.append_metrics(checkpoint.metrics_path(workdir), record)
   if multihost.is_main():
     for k, v in metrics.items():

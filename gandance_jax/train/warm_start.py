@@ -10,10 +10,13 @@ continues from its own checkpoint):
   # from a run of this project (its newest readable checkpoint; G, G EMA, D and buffers)
   python -m gandance_jax.main --config=configs/digits.py --workdir=runs/ft \\
       --config.train.init_from=runs/pretrained
-  # from NVIDIA stylegan2-ada-pytorch weights, saved as one .npz of state dicts
+  # from NVIDIA stylegan2-ada-pytorch weights: a network snapshot pickle (read without torch
+  # or NVIDIA's code, gandance_jax.interop), a .pth of NVIDIA-keyed state dicts (e.g. written
+  # by `python -m gandance_jax.interop export`) or an .npz of state dicts
   python -m gandance_jax.main --config=configs/cifar10.py --workdir=runs/ft \\
-      --config.train.init_from=cifar10_cond.npz
+      --config.train.init_from=network-snapshot-025000.pkl
 
+BigGAN-PyTorch checkpoints (G.pth / D.pth folders) are refused: BigGAN training is not wired.
 The `.npz` holds numpy arrays keyed ``G.<name>``, ``D.<name>`` and optionally ``G_ema.<name>``
 as in the modules' ``state_dict()``; with NVIDIA's code on the path::
 
@@ -43,6 +46,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from gandance_jax import interop
 from gandance_jax import multihost
 from gandance_jax.networks import stylegan2
 from gandance_jax.train import state as state_lib
@@ -129,14 +133,14 @@ def _pretrained_module(hp: HParams, kind: str, c_dim: int, path: str):
   return (stylegan2.Generator if kind == "G" else stylegan2.Discriminator)(**cfg)
 
 
-def _from_torch_npz(path: str, hp: HParams) -> dict[str, PyTree]:
-  """{'G', 'G_ema', 'D'} variables from an .npz of NVIDIA state dicts (see module doc)."""
-  with np.load(path) as f:
-    state = {k: np.asarray(f[k]) for k in f.files}
+def _from_state_dicts(state: dict[str, np.ndarray], path: str, hp: HParams
+                      ) -> dict[str, PyTree]:
+  """{'G', 'G_ema', 'D'} variables from NVIDIA state dicts keyed 'G.*', 'G_ema.*', 'D.*'."""
   for prefix in ("G.", "D."):
     if not any(k.startswith(prefix) for k in state):
       raise WarmStartError(f"config.train.init_from = {path!r} has no '{prefix}*' arrays "
-                           f"(key prefixes: {sorted({k.split('.')[0] for k in state})})")
+                           f"(key prefixes: {sorted({k.split('.')[0] for k in state})}); "
+                           "expected NVIDIA StyleGAN2 state dicts of G (or G_ema) and D")
   out = {}
   for prefix, kind in (("G.", "G"), ("G_ema.", "G"), ("D.", "D")):
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -154,6 +158,53 @@ def _from_torch_npz(path: str, hp: HParams) -> dict[str, PyTree]:
   return out
 
 
+def _from_torch_npz(path: str, hp: HParams) -> dict[str, PyTree]:
+  """{'G', 'G_ema', 'D'} variables from an .npz of NVIDIA state dicts (see module doc)."""
+  with np.load(path) as f:
+    state = {k: np.asarray(f[k]) for k in f.files}
+  return _from_state_dicts(state, path, hp)
+
+
+# Keys that only BigGAN-PyTorch's G / D state dicts have (the shared class embedding, the
+# spectral-norm buffers u0 / sv0).
+_BIGGAN_KEYS = ("shared.weight", ".u0", ".sv0")
+
+
+def _refuse_biggan(path: str, what: str) -> None:
+  raise WarmStartError(
+      f"config.train.init_from = {path!r} is {what}; BigGAN fine-tuning is not supported yet "
+      "(BigGAN training is not wired). Expected a run's workdir, a stylegan2-ada "
+      "network-snapshot .pkl, or a StyleGAN2 .pth / .npz of NVIDIA state dicts")
+
+
+def _from_pickle(path: str, hp: HParams) -> dict[str, PyTree]:
+  """{'G', 'G_ema', 'D'} from a stylegan2-ada `network-snapshot-*.pkl` (its state dicts go
+  through the same path as an .npz, so the networks are those of the config)."""
+  try:
+    snapshot = interop.load_nvidia_pickle(path)
+  except interop.InteropError as e:
+    raise WarmStartError(f"config.train.init_from: {e}") from None
+  state = {f"{name}.{k}": v for name, sd in snapshot["state_dicts"].items()
+           if name in ("G", "G_ema", "D") for k, v in sd.items()}
+  return _from_state_dicts(state, path, hp)
+
+
+def _from_pth(path: str, hp: HParams) -> dict[str, PyTree]:
+  """{'G', 'G_ema', 'D'} from a torch `.pth` of NVIDIA-keyed state dicts {'G_ema', 'D', 'G'}
+  (as `python -m gandance_jax.interop export` writes)."""
+  try:
+    state = interop.read_torch_state_dict(path)
+  except interop.InteropError as e:
+    raise WarmStartError(f"config.train.init_from: {e}") from None
+  if any(k.endswith(_BIGGAN_KEYS) for k in state):
+    _refuse_biggan(path, "a BigGAN-PyTorch state dict")
+  if "G." not in {k[:2] for k in state} and any(k.startswith("G_ema.") for k in state):
+    # An export holds G_ema and D only: the fine-tune's G starts at G_ema.
+    state.update({"G." + k[len("G_ema."):]: v for k, v in state.items()
+                  if k.startswith("G_ema.")})
+  return _from_state_dicts(state, path, hp)
+
+
 def _from_workdir(workdir: str) -> tuple[dict[str, PyTree], int]:
   """{'G', 'G_ema', 'D'} variables of a project run's newest readable checkpoint."""
   state, step = state_lib.load_train_state(workdir)
@@ -163,15 +214,29 @@ def _from_workdir(workdir: str) -> tuple[dict[str, PyTree], int]:
 
 
 def load_pretrained(path: str, hp: HParams) -> dict[str, PyTree]:
-  """{'G', 'G_ema', 'D'}: {'params', 'buffers'} numpy trees from a workdir or an .npz."""
+  """{'G', 'G_ema', 'D'}: {'params', 'buffers'} numpy trees from a workdir, a network
+  snapshot .pkl, a .pth or an .npz of NVIDIA state dicts."""
   if os.path.isdir(path):
+    if any(os.path.exists(os.path.join(path, f)) for f in ("G.pth", "G_ema.pth", "D.pth")):
+      _refuse_biggan(path, "a BigGAN-PyTorch checkpoint folder (G.pth / D.pth)")
     variables, step = _from_workdir(path)
     logging.info("warm start: %s, checkpoint at step %d", path, step)
     return variables
   if not os.path.exists(path):
     raise WarmStartError(f"config.train.init_from = {path!r} does not exist (a workdir of a "
-                         "run, or an .npz of NVIDIA state dicts)")
-  return _from_torch_npz(path, hp)
+                         "run, a network-snapshot .pkl, or a .pth / .npz of NVIDIA state "
+                         "dicts)")
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if path.endswith(".npz"):
+    return _from_torch_npz(path, hp)
+  if path.endswith((".pth", ".pt")) or head == b"PK\x03\x04":
+    return _from_pth(path, hp)
+  if path.endswith(".pkl"):
+    return _from_pickle(path, hp)
+  raise WarmStartError(f"config.train.init_from = {path!r} has an unknown kind (starts with "
+                       f"{head!r}); expected a run's workdir, a network-snapshot .pkl, or a "
+                       ".pth / .npz of NVIDIA state dicts")
 
 
 def apply(state: Any, hp: HParams) -> Any:
