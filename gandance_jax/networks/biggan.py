@@ -84,7 +84,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gandance_jax.networks.base import (NOISE_MODES, ConditionalLabels, check_classes,
-                                        validate_labels)
+                                        flatten_tree, import_state_dict, validate_labels)
 
 Array = jax.Array
 STATS = "batch_stats"  # Non-trainable: BN running statistics and spectral-norm u / sv.
@@ -777,26 +777,6 @@ def _kwargs(constructor: Mapping[str, Any], names: Mapping[str, str]) -> dict[st
   return kwargs
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    d = out
-    for k in path[:-1]:
-      d = d.setdefault(k, {})
-    d[path[-1]] = v
-  return out
-
-
 def _is_linear_weight(path: tuple[str, ...], v: np.ndarray) -> bool:
   return path[-1] == "weight" and v.ndim == 2 and not (len(path) > 1 and path[-2] in _EMBEDDINGS)
 
@@ -837,26 +817,18 @@ def variables_from_torch_state_dict(module: Generator | Discriminator,
   name = type(module).__name__
   init = init_generator if isinstance(module, Generator) else init_discriminator
   template = jax.eval_shape(lambda: init(module, jax.random.key(0)))
-  flat_t = {}
-  for col, tree in template.items():
-    for path, leaf in _flatten(tree).items():
-      flat_t[_torch_key(path)] = (col, path, leaf)
-  missing = sorted(set(flat_t) - set(state))
-  unexpected = sorted(set(state) - set(flat_t))
-  if missing or unexpected:
-    more = lambda keys: f"{keys[:10]}{' ...' if len(keys) > 10 else ''}"
-    raise ValueError(f"BigGAN {name} state dict does not match these settings (resolution="
-                     f"{module.resolution}, ch={module.ch}, attention={module.attention!r}): "
-                     f"missing keys {more(missing)}; unexpected keys {more(unexpected)}")
-  out: dict[str, dict[tuple[str, ...], Any]] = {}
-  for key, (col, path, leaf) in flat_t.items():
-    value = np.asarray(state[key])
+
+  def convert(key: str, path: tuple[str, ...], leaf: Any, value: np.ndarray) -> np.ndarray:
     expected = _to_torch(path, np.zeros(leaf.shape, np.float32)).shape
     if tuple(value.shape) != tuple(expected):
       raise ValueError(f"BigGAN {name} key {key!r} has shape {tuple(value.shape)}, expected "
                        f"{tuple(expected)} (torch layout) for these settings")
-    out.setdefault(col, {})[path] = jnp.asarray(_to_ours(path, value))
-  return {col: _unflatten(flat) for col, flat in out.items()}
+    return _to_ours(path, value)
+
+  return import_state_dict(
+      state, template, _torch_key, convert,
+      f"BigGAN {name} state dict does not match these settings (resolution="
+      f"{module.resolution}, ch={module.ch}, attention={module.attention!r})")
 
 
 def torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -864,7 +836,7 @@ def torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   keys and layout (what its G.pth / D.pth hold)."""
   out = {}
   for col in ("params", STATS):
-    for path, value in _flatten(variables.get(col, {})).items():
+    for path, value in flatten_tree(variables.get(col, {})).items():
       out[_torch_key(path)] = _to_torch(path, value)
   return out
 
