@@ -281,70 +281,74 @@ def _batch_norm(mod: nn.Module, x: Array, train: bool, eps: float, axis_name: st
 # Layers. Parameter names follow the reference's state dict: `weight`, `bias`.
 
 
-class SNConv2d(nn.Module):
+class _SpectralNorm(nn.Module, kw_only=True):
+  """The spectral-norm settings (keyword-only) and weight of the SN layers below."""
+  num_svs: int = 1
+  num_itrs: int = 1
+  eps: float = 1e-12
+  weight_init: str = "ortho"
+
+  def sn_weight(self, torch_shape: tuple[int, ...], shape: tuple[int, ...], to_ours: Any,
+                to_matrix: Any, train: bool) -> Array:
+    """Declares `weight` (`shape`, this project's layout; initialised as torch's `torch_shape`
+    mapped by `to_ours`) and returns it divided by the spectral norm of `to_matrix(weight)`
+    (the reference's [out, -1] view)."""
+    weight = self.param("weight", _torch_weight_init(self.weight_init, torch_shape, to_ours),
+                        shape)
+    sigma = _spectral_sigma(self, to_matrix(weight), self.num_svs, self.num_itrs, self.eps,
+                            train)
+    return weight / sigma
+
+  def add_bias(self, y: Array, fan_in: int) -> Array:
+    """y + `bias` [features] (torch's init for `fan_in`) when `use_bias`."""
+    if not self.use_bias:
+      return y
+    return y + self.param("bias", _torch_bias_init(fan_in), (self.features,))
+
+
+class SNConv2d(_SpectralNorm):
   """Spectrally normalised conv, NHWC, 'same' padding. weight [kh, kw, in, out]."""
   features: int
   kernel_size: int = 3
   use_bias: bool = True
-  num_svs: int = 1
-  num_itrs: int = 1
-  eps: float = 1e-12
-  weight_init: str = "ortho"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     k, cin = self.kernel_size, x.shape[-1]
-    torch_shape = (self.features, cin, k, k)
-    to_hwio = lambda w: w.transpose(2, 3, 1, 0)
-    weight = self.param("weight", _torch_weight_init(self.weight_init, torch_shape, to_hwio),
-                        (k, k, cin, self.features))
     # The reference's W.view(out, -1): [out, in * kh * kw] in torch's order.
-    w_mat = weight.transpose(3, 2, 0, 1).reshape(self.features, -1)
-    sigma = _spectral_sigma(self, w_mat, self.num_svs, self.num_itrs, self.eps, train)
+    weight = self.sn_weight((self.features, cin, k, k), (k, k, cin, self.features),
+                            lambda w: w.transpose(2, 3, 1, 0),
+                            lambda w: w.transpose(3, 2, 0, 1).reshape(self.features, -1), train)
     pad = (k - 1) // 2
-    y = jax.lax.conv_general_dilated(x, weight / sigma, (1, 1), ((pad, pad), (pad, pad)),
+    y = jax.lax.conv_general_dilated(x, weight, (1, 1), ((pad, pad), (pad, pad)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if self.use_bias:
-      y = y + self.param("bias", _torch_bias_init(cin * k * k), (self.features,))
-    return y
+    return self.add_bias(y, cin * k * k)
 
 
-class SNLinear(nn.Module):
+class SNLinear(_SpectralNorm):
   """Spectrally normalised linear layer. weight [in, out]."""
   features: int
   use_bias: bool = True
-  num_svs: int = 1
-  num_itrs: int = 1
-  eps: float = 1e-12
-  weight_init: str = "ortho"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     cin = x.shape[-1]
-    weight = self.param("weight", _torch_weight_init(
-        self.weight_init, (self.features, cin), lambda w: w.T), (cin, self.features))
-    sigma = _spectral_sigma(self, weight.T, self.num_svs, self.num_itrs, self.eps, train)
-    y = x @ (weight / sigma)
-    if self.use_bias:
-      y = y + self.param("bias", _torch_bias_init(cin), (self.features,))
-    return y
+    transpose = lambda w: w.T
+    weight = self.sn_weight((self.features, cin), (cin, self.features), transpose, transpose,
+                            train)
+    return self.add_bias(x @ weight, cin)
 
 
-class SNEmbedding(nn.Module):
+class SNEmbedding(_SpectralNorm):
   """Spectrally normalised embedding (SN over the [num, dim] table as is)."""
   num_embeddings: int
   features: int
-  num_svs: int = 1
-  num_itrs: int = 1
-  eps: float = 1e-12
-  weight_init: str = "ortho"
 
   @nn.compact
   def __call__(self, labels: Array, train: bool = False) -> Array:
     shape = (self.num_embeddings, self.features)
-    weight = self.param("weight", _torch_weight_init(self.weight_init, shape, lambda w: w), shape)
-    sigma = _spectral_sigma(self, weight, self.num_svs, self.num_itrs, self.eps, train)
-    return jnp.take(weight / sigma, labels, axis=0)
+    same = lambda w: w
+    return jnp.take(self.sn_weight(shape, shape, same, same, train), labels, axis=0)
 
 
 class CCBN(nn.Module):
