@@ -193,20 +193,16 @@ def trained(tmp_path_factory):
   root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
   cache = root / "digits100_classifier_cache"
   cache.mkdir(exist_ok=True)
-  old = os.environ.get("GANDANCE_CACHE")
-  os.environ["GANDANCE_CACHE"] = str(cache)
-  dc._load_or_train.cache_clear()
-  try:
-    with open(root / "digits100_classifier.lock", "w") as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      result = dc.load_or_train(16)
-    yield result
-  finally:
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("GANDANCE_CACHE", str(cache))
     dc._load_or_train.cache_clear()
-    if old is None:
-      del os.environ["GANDANCE_CACHE"]
-    else:
-      os.environ["GANDANCE_CACHE"] = old
+    try:
+      with open(root / "digits100_classifier.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = dc.load_or_train(16)
+      yield result
+    finally:
+      dc._load_or_train.cache_clear()
 
 
 def test_classifier_heldout_accuracy_and_cache(trained):

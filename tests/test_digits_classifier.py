@@ -1,6 +1,5 @@
 """The digits classifier: trained at first use, cached, accurate; the digits FID path."""
 
-import os
 import warnings
 
 import numpy as np
@@ -14,17 +13,13 @@ from gandance_jax.evaluation import features, fid
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """Trains once into a fresh cache folder, so the test never depends on ~/.cache."""
-  old = os.environ.get("GANDANCE_CACHE")
-  os.environ["GANDANCE_CACHE"] = str(tmp_path_factory.mktemp("gandance_cache"))
-  dc._load_or_train.cache_clear()
-  try:
-    yield dc.load_or_train(16)
-  finally:
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("GANDANCE_CACHE", str(tmp_path_factory.mktemp("gandance_cache")))
     dc._load_or_train.cache_clear()
-    if old is None:
-      del os.environ["GANDANCE_CACHE"]
-    else:
-      os.environ["GANDANCE_CACHE"] = old
+    try:
+      yield dc.load_or_train(16)
+    finally:
+      dc._load_or_train.cache_clear()
 
 
 def test_heldout_accuracy_and_cache(trained):

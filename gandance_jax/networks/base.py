@@ -18,9 +18,10 @@ and keeps its truncation centre `w_avg` [w_dim] in the variables at
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
@@ -112,3 +113,57 @@ class ConditionalLabels:
   def empty_label(self) -> int | None:
     """The id of the empty condition, or None without `empty_class`."""
     return self.num_classes if self.empty_class else None
+
+
+# ----------------------------------------------------------------------------------------
+# Importing reference (torch) state dicts: the key bookkeeping every family shares.
+
+
+def flatten_tree(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
+                 ) -> dict[tuple[str, ...], Any]:
+  """Nested mappings -> {path tuple: leaf}."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(flatten_tree(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def unflatten_tree(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+  """The inverse of `flatten_tree`: {path tuple: leaf} -> nested dicts."""
+  out: dict[str, Any] = {}
+  for path, v in flat.items():
+    d = out
+    for k in path[:-1]:
+      d = d.setdefault(k, {})
+    d[path[-1]] = v
+  return out
+
+
+def import_state_dict(state: Mapping[str, Any], template: Mapping[str, Any],
+                      torch_key: Callable[[tuple[str, ...]], str],
+                      convert: Callable[[str, tuple[str, ...], Any, np.ndarray], np.ndarray],
+                      mismatch: str) -> dict[str, Any]:
+  """Fills `template` ({collection: tree of abstract arrays}) from a torch-keyed `state`.
+
+  `torch_key(path)` names the state key of the leaf at `path` in a collection;
+  `convert(key, path, leaf, value)` returns the value in this project's layout (and raises on a
+  shape that does not fit `leaf`). Missing and unexpected keys (the first ten of each) raise
+  ValueError(f"{mismatch}: missing keys [...]; unexpected keys [...]").
+  """
+  flat_t = {}
+  for col, tree in template.items():
+    for path, leaf in flatten_tree(tree).items():
+      flat_t[torch_key(path)] = (col, path, leaf)
+  missing = sorted(set(flat_t) - set(state))
+  unexpected = sorted(set(state) - set(flat_t))
+  if missing or unexpected:
+    more = lambda keys: f"{keys[:10]}{' ...' if len(keys) > 10 else ''}"
+    raise ValueError(f"{mismatch}: missing keys {more(missing)}; unexpected keys "
+                     f"{more(unexpected)}")
+  out: dict[str, dict[tuple[str, ...], Any]] = {}
+  for key, (col, path, leaf) in flat_t.items():
+    out.setdefault(col, {})[path] = jnp.asarray(convert(key, path, leaf, np.asarray(state[key])))
+  return {col: unflatten_tree(flat) for col, flat in out.items()}

@@ -84,7 +84,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gandance_jax.networks.base import (NOISE_MODES, ConditionalLabels, check_classes,
-                                        validate_labels)
+                                        flatten_tree, import_state_dict, validate_labels)
 
 Array = jax.Array
 STATS = "batch_stats"  # Non-trainable: BN running statistics and spectral-norm u / sv.
@@ -281,70 +281,74 @@ def _batch_norm(mod: nn.Module, x: Array, train: bool, eps: float, axis_name: st
 # Layers. Parameter names follow the reference's state dict: `weight`, `bias`.
 
 
-class SNConv2d(nn.Module):
+class _SpectralNorm(nn.Module, kw_only=True):
+  """The spectral-norm settings (keyword-only) and weight of the SN layers below."""
+  num_svs: int = 1
+  num_itrs: int = 1
+  eps: float = 1e-12
+  weight_init: str = "ortho"
+
+  def sn_weight(self, torch_shape: tuple[int, ...], shape: tuple[int, ...], to_ours: Any,
+                to_matrix: Any, train: bool) -> Array:
+    """Declares `weight` (`shape`, this project's layout; initialised as torch's `torch_shape`
+    mapped by `to_ours`) and returns it divided by the spectral norm of `to_matrix(weight)`
+    (the reference's [out, -1] view)."""
+    weight = self.param("weight", _torch_weight_init(self.weight_init, torch_shape, to_ours),
+                        shape)
+    sigma = _spectral_sigma(self, to_matrix(weight), self.num_svs, self.num_itrs, self.eps,
+                            train)
+    return weight / sigma
+
+  def add_bias(self, y: Array, fan_in: int) -> Array:
+    """y + `bias` [features] (torch's init for `fan_in`) when `use_bias`."""
+    if not self.use_bias:
+      return y
+    return y + self.param("bias", _torch_bias_init(fan_in), (self.features,))
+
+
+class SNConv2d(_SpectralNorm):
   """Spectrally normalised conv, NHWC, 'same' padding. weight [kh, kw, in, out]."""
   features: int
   kernel_size: int = 3
   use_bias: bool = True
-  num_svs: int = 1
-  num_itrs: int = 1
-  eps: float = 1e-12
-  weight_init: str = "ortho"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     k, cin = self.kernel_size, x.shape[-1]
-    torch_shape = (self.features, cin, k, k)
-    to_hwio = lambda w: w.transpose(2, 3, 1, 0)
-    weight = self.param("weight", _torch_weight_init(self.weight_init, torch_shape, to_hwio),
-                        (k, k, cin, self.features))
     # The reference's W.view(out, -1): [out, in * kh * kw] in torch's order.
-    w_mat = weight.transpose(3, 2, 0, 1).reshape(self.features, -1)
-    sigma = _spectral_sigma(self, w_mat, self.num_svs, self.num_itrs, self.eps, train)
+    weight = self.sn_weight((self.features, cin, k, k), (k, k, cin, self.features),
+                            lambda w: w.transpose(2, 3, 1, 0),
+                            lambda w: w.transpose(3, 2, 0, 1).reshape(self.features, -1), train)
     pad = (k - 1) // 2
-    y = jax.lax.conv_general_dilated(x, weight / sigma, (1, 1), ((pad, pad), (pad, pad)),
+    y = jax.lax.conv_general_dilated(x, weight, (1, 1), ((pad, pad), (pad, pad)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if self.use_bias:
-      y = y + self.param("bias", _torch_bias_init(cin * k * k), (self.features,))
-    return y
+    return self.add_bias(y, cin * k * k)
 
 
-class SNLinear(nn.Module):
+class SNLinear(_SpectralNorm):
   """Spectrally normalised linear layer. weight [in, out]."""
   features: int
   use_bias: bool = True
-  num_svs: int = 1
-  num_itrs: int = 1
-  eps: float = 1e-12
-  weight_init: str = "ortho"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     cin = x.shape[-1]
-    weight = self.param("weight", _torch_weight_init(
-        self.weight_init, (self.features, cin), lambda w: w.T), (cin, self.features))
-    sigma = _spectral_sigma(self, weight.T, self.num_svs, self.num_itrs, self.eps, train)
-    y = x @ (weight / sigma)
-    if self.use_bias:
-      y = y + self.param("bias", _torch_bias_init(cin), (self.features,))
-    return y
+    transpose = lambda w: w.T
+    weight = self.sn_weight((self.features, cin), (cin, self.features), transpose, transpose,
+                            train)
+    return self.add_bias(x @ weight, cin)
 
 
-class SNEmbedding(nn.Module):
+class SNEmbedding(_SpectralNorm):
   """Spectrally normalised embedding (SN over the [num, dim] table as is)."""
   num_embeddings: int
   features: int
-  num_svs: int = 1
-  num_itrs: int = 1
-  eps: float = 1e-12
-  weight_init: str = "ortho"
 
   @nn.compact
   def __call__(self, labels: Array, train: bool = False) -> Array:
     shape = (self.num_embeddings, self.features)
-    weight = self.param("weight", _torch_weight_init(self.weight_init, shape, lambda w: w), shape)
-    sigma = _spectral_sigma(self, weight, self.num_svs, self.num_itrs, self.eps, train)
-    return jnp.take(weight / sigma, labels, axis=0)
+    same = lambda w: w
+    return jnp.take(self.sn_weight(shape, shape, same, same, train), labels, axis=0)
 
 
 class CCBN(nn.Module):
@@ -777,26 +781,6 @@ def _kwargs(constructor: Mapping[str, Any], names: Mapping[str, str]) -> dict[st
   return kwargs
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    d = out
-    for k in path[:-1]:
-      d = d.setdefault(k, {})
-    d[path[-1]] = v
-  return out
-
-
 def _is_linear_weight(path: tuple[str, ...], v: np.ndarray) -> bool:
   return path[-1] == "weight" and v.ndim == 2 and not (len(path) > 1 and path[-2] in _EMBEDDINGS)
 
@@ -837,26 +821,18 @@ def variables_from_torch_state_dict(module: Generator | Discriminator,
   name = type(module).__name__
   init = init_generator if isinstance(module, Generator) else init_discriminator
   template = jax.eval_shape(lambda: init(module, jax.random.key(0)))
-  flat_t = {}
-  for col, tree in template.items():
-    for path, leaf in _flatten(tree).items():
-      flat_t[_torch_key(path)] = (col, path, leaf)
-  missing = sorted(set(flat_t) - set(state))
-  unexpected = sorted(set(state) - set(flat_t))
-  if missing or unexpected:
-    more = lambda keys: f"{keys[:10]}{' ...' if len(keys) > 10 else ''}"
-    raise ValueError(f"BigGAN {name} state dict does not match these settings (resolution="
-                     f"{module.resolution}, ch={module.ch}, attention={module.attention!r}): "
-                     f"missing keys {more(missing)}; unexpected keys {more(unexpected)}")
-  out: dict[str, dict[tuple[str, ...], Any]] = {}
-  for key, (col, path, leaf) in flat_t.items():
-    value = np.asarray(state[key])
+
+  def convert(key: str, path: tuple[str, ...], leaf: Any, value: np.ndarray) -> np.ndarray:
     expected = _to_torch(path, np.zeros(leaf.shape, np.float32)).shape
     if tuple(value.shape) != tuple(expected):
       raise ValueError(f"BigGAN {name} key {key!r} has shape {tuple(value.shape)}, expected "
                        f"{tuple(expected)} (torch layout) for these settings")
-    out.setdefault(col, {})[path] = jnp.asarray(_to_ours(path, value))
-  return {col: _unflatten(flat) for col, flat in out.items()}
+    return _to_ours(path, value)
+
+  return import_state_dict(
+      state, template, _torch_key, convert,
+      f"BigGAN {name} state dict does not match these settings (resolution="
+      f"{module.resolution}, ch={module.ch}, attention={module.attention!r})")
 
 
 def torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -864,7 +840,7 @@ def torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   keys and layout (what its G.pth / D.pth hold)."""
   out = {}
   for col in ("params", STATS):
-    for path, value in _flatten(variables.get(col, {})).items():
+    for path, value in flatten_tree(variables.get(col, {})).items():
       out[_torch_key(path)] = _to_torch(path, value)
   return out
 

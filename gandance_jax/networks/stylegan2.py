@@ -33,7 +33,7 @@ import numpy as np
 from gandance_jax import layers
 from gandance_jax.layers import BUFFERS, Conv2dLayer, FullyConnectedLayer
 from gandance_jax.networks.base import (NOISE_MODES, ConditionalLabels, check_classes,
-                                        validate_labels)
+                                        import_state_dict, validate_labels)
 
 Array = jax.Array
 Variables = Mapping[str, Any]
@@ -685,26 +685,6 @@ def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray
   return {k: np.asarray(v) for k, v in state.items()}
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    d = out
-    for k in path[:-1]:
-      d = d.setdefault(k, {})
-    d[path[-1]] = v
-  return out
-
-
 def _to_jax_layout(torch_key: str, value: np.ndarray) -> np.ndarray:
   """Converts one NVIDIA tensor (NCHW conventions) to this project's layout."""
   name = torch_key.rsplit(".", 1)[-1]
@@ -721,21 +701,11 @@ def _to_jax_layout(torch_key: str, value: np.ndarray) -> np.ndarray:
 def _import(module_name: str, state: Mapping[str, np.ndarray], template: Mapping[str, Any],
             rename: Mapping[str, str]) -> dict[str, Any]:
   """Fills `template` ({'params', 'buffers'} of abstract arrays) from a torch-keyed state."""
-  flat_t = {}
-  for col, tree in template.items():
-    for path, leaf in _flatten(tree).items():
-      top = rename.get(path[0], path[0])
-      flat_t[".".join((top,) + path[1:])] = (col, path, leaf)
-  missing = sorted(set(flat_t) - set(state))
-  unexpected = sorted(set(state) - set(flat_t))
-  if missing or unexpected:
-    raise ValueError(f"{module_name} state dict does not match the settings: "
-                     f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
-                     f"unexpected keys {unexpected[:10]}"
-                     f"{' ...' if len(unexpected) > 10 else ''}")
-  out: dict[str, dict[tuple[str, ...], Any]] = {}
-  for key, (col, path, leaf) in flat_t.items():
-    value = np.asarray(state[key])
+
+  def torch_key(path: tuple[str, ...]) -> str:
+    return ".".join((rename.get(path[0], path[0]),) + path[1:])
+
+  def convert(key: str, path: tuple[str, ...], leaf: Any, value: np.ndarray) -> np.ndarray:
     if key.endswith("b4.fc.weight") and value.ndim == 2:
       # NVIDIA flattens NCHW (c, h, w); we flatten NHWC (h, w, c).
       out_f, in_f = value.shape
@@ -751,8 +721,10 @@ def _import(module_name: str, state: Mapping[str, np.ndarray], template: Mapping
       raise ValueError(f"{module_name} key {key!r} has shape {tuple(value.shape)}, which does "
                        f"not fit the expected {tuple(leaf.shape)} (this project's layout) for "
                        f"these settings")
-    out.setdefault(col, {})[path] = jnp.asarray(v)
-  return {col: _unflatten(flat) for col, flat in out.items()}
+    return v
+
+  return import_state_dict(state, template, torch_key, convert,
+                           f"{module_name} state dict does not match the settings")
 
 
 _TORCH_RENAMES = {"mapping_network": "mapping", "synthesis_network": "synthesis"}
