@@ -18,6 +18,7 @@ import jax
 
 from gandance_jax import checkpoint
 from gandance_jax import config_lib
+from gandance_jax.evaluation import features as features_lib
 from gandance_jax.interop import nvidia
 from gandance_jax.train import state as state_lib
 
@@ -51,14 +52,12 @@ def main(argv: list[str] | None = None) -> int:
   e.add_argument("--checkpoint", default="latest", help="'latest', 'best' or a step number")
   e.add_argument("--no-d", action="store_true", help="write G_ema only")
   args = parser.parse_args(argv)
-  try:
+
+  def command() -> None:
     if not os.path.isdir(args.workdir):
       raise FileNotFoundError(f"{args.workdir} is not a directory (expected a run's workdir)")
     print(export(args.workdir, args.out, args.checkpoint, not args.no_d))
-  except (ValueError, OSError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 1
-  return 0
+  return features_lib.run_cli(command)
 
 
 if __name__ == "__main__":
