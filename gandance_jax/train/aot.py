@@ -61,15 +61,21 @@ from gandance_jax.train import sharding as sharding_lib
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet64.py.",
-                                lock_config=True)
-flags.DEFINE_integer("num_devices", None, "Devices of the target mesh (forced host CPU "
-                     "devices stand in for them).", lower_bound=1)
-flags.DEFINE_float("budget_gib", None, "Per-device memory budget in GiB; exit code 3 if the "
-                   "largest estimated peak exceeds it.")
-flags.DEFINE_string("out", None, "Write the report as JSON to this path.")
-flags.DEFINE_list("phases", None, "Compile only these phases (default: all the config runs).")
-flags.mark_flags_as_required(["config", "num_devices"])
+
+
+def define_flags() -> None:
+  """The command line's flags. Defined when the tool runs, not at import, so that importing
+  this module beside main.py (which defines --config too) works, e.g. in one test process."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet64.py.",
+                                  lock_config=True)
+  flags.DEFINE_integer("num_devices", None, "Devices of the target mesh (forced host CPU "
+                       "devices stand in for them).", lower_bound=1)
+  flags.DEFINE_float("budget_gib", None, "Per-device memory budget in GiB; exit code 3 if "
+                     "the largest estimated peak exceeds it.")
+  flags.DEFINE_string("out", None, "Write the report as JSON to this path.")
+  flags.DEFINE_list("phases", None, "Compile only these phases (default: all the config "
+                    "runs).")
+  flags.mark_flags_as_required(["config", "num_devices"])
 
 PHASES = ("g_main", "g_reg", "d_main", "d_reg", "finish")
 EXIT_CONFIG = 2
@@ -389,6 +395,7 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
+  define_flags()
   app.run(lambda argv: sys.exit(main(argv)))
 
 
