@@ -12,6 +12,7 @@ convolution with the FIR filter, decimation), with the filter held as a 2-D arra
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -151,14 +152,156 @@ def downsample2d(x: Array, f: Array, down: int = 2) -> Array:
   return upfirdn2d(x, f, down=down, padding=p)
 
 
+def _tap_slices(in_len: int, out_len: int, tap: int, pad_lo: int, stride: int,
+                dilation: int) -> tuple[int, int, int, int, int] | None:
+  """The (output start, output step, input start, input step, count) that one kernel tap
+  connects in one spatial dimension of a convolution, or None when it only sees padding.
+
+  Output position y reads the zero-dilated, padded input at ``stride * y + tap``, which is
+  input pixel ``(stride * y + tap - pad_lo) / dilation`` when that is an integer in range.
+  """
+  ys = [y for y in range(out_len) if (stride * y + tap - pad_lo) % dilation == 0
+        and 0 <= (stride * y + tap - pad_lo) // dilation < in_len]
+  if not ys:
+    return None
+  y_step = ys[1] - ys[0] if len(ys) > 1 else 1
+  i0 = (stride * ys[0] + tap - pad_lo) // dilation
+  i_step = stride * y_step // dilation
+  if (ys != list(range(ys[0], ys[0] + y_step * len(ys), y_step))
+      or stride * y_step % dilation):  # Only stride 1 or dilation 1 is used here.
+    raise ValueError(f"stride {stride} with input dilation {dilation} is not supported")
+  return ys[0], y_step, i0, i_step, len(ys)
+
+
+def _strided(x: Array, spec: Sequence[tuple[int, int, int]]) -> Array:
+  # spec: (start, step, count) for the two spatial axes of an NHWC array.
+  (sh, dh, ch), (sw, dw, cw) = spec
+  n, _, _, c = x.shape
+  return jax.lax.slice(x, (0, sh, sw, 0), (n, sh + (ch - 1) * dh + 1, sw + (cw - 1) * dw + 1, c),
+                       (1, dh, dw, 1))
+
+
+def _taps(x_shape: Sequence[int], y_shape: Sequence[int], kh: int, kw: int, stride: int,
+          padding: Sequence[tuple[int, int]], lhs_dilation: int) -> list[tuple[int, int, Any, Any]]:
+  """(a, b, input spec, output spec) of every kernel tap that reads real input pixels; a spec
+  is ((start, step, count) along H, (start, step, count) along W) for `_strided`."""
+  taps = []
+  for a in range(kh):
+    sa = _tap_slices(x_shape[1], y_shape[1], a, padding[0][0], stride, lhs_dilation)
+    for b in range(kw):
+      sb = _tap_slices(x_shape[2], y_shape[2], b, padding[1][0], stride, lhs_dilation)
+      if sa is not None and sb is not None:
+        taps.append((a, b, ((sa[2], sa[3], sa[4]), (sb[2], sb[3], sb[4])),
+                     ((sa[0], sa[1], sa[4]), (sb[0], sb[1], sb[4]))))
+  return taps
+
+
+def _unstrided(y: Array, spec: Sequence[tuple[int, int, int]], shape: Sequence[int]) -> Array:
+  # Places y at the positions `_strided(., spec)` reads from an array of `shape`, zeros elsewhere.
+  (sh, dh, ch), (sw, dw, cw) = spec
+  zero = jnp.zeros((), y.dtype)
+  return jax.lax.pad(y, zero, [(0, 0, 0), (sh, shape[1] - sh - (ch - 1) * dh - 1, dh - 1),
+                               (sw, shape[2] - sw - (cw - 1) * dw - 1, dw - 1), (0, 0, 0)])
+
+
+def _conv_out_shape(x_shape, w_shape, stride, padding, lhs_dilation) -> tuple[int, ...]:
+  n, h, w, _ = x_shape
+  def size(l, k, p):
+    return ((l - 1) * lhs_dilation + 1 + p[0] + p[1] - k) // stride + 1
+  return (n, size(h, w_shape[0], padding[0]), size(w, w_shape[1], padding[1]), w_shape[3])
+
+
+# The convolution as one matrix product per kernel tap, over the pixels that tap connects
+# (the zeros of an input dilation and the skipped pixels of a stride are never multiplied):
+# the forward pass, the input gradient and the weight gradient. Each costs the convolution's
+# FLOPs at GEMM speed. Used on XLA:CPU only, where XLA's own kernels run the backward pass of
+# these convolutions far slower at 512 channels (forward + backward, batch 16: up-sampling
+# conv 30x, plain 3x3 3.3x, down-sampling 1.5x; benchmarks/RESULTS.md, issue 18); GPUs and
+# TPUs keep XLA's own kernels (cuDNN / TPU convolutions).
+
+
+def _conv_taps_fwd(x, w, stride, padding, lhs_dilation):
+  y_shape = _conv_out_shape(x.shape, w.shape, stride, padding, lhs_dilation)
+  out = jnp.zeros(y_shape, x.dtype)
+  for a, b, xs, ys in _taps(x.shape, y_shape, w.shape[0], w.shape[1], stride, padding,
+                            lhs_dilation):
+    t = jnp.einsum("nhwi,io->nhwo", _strided(x, xs), w[a, b],
+                   preferred_element_type=jnp.float32).astype(x.dtype)
+    out = out + _unstrided(t, ys, y_shape)
+  return out
+
+
+def _conv_taps_dx(x_shape, w, g, stride, padding, lhs_dilation):
+  dx = jnp.zeros(x_shape, g.dtype)
+  for a, b, xs, ys in _taps(x_shape, g.shape, w.shape[0], w.shape[1], stride, padding,
+                            lhs_dilation):
+    t = jnp.einsum("nhwo,io->nhwi", _strided(g, ys), w[a, b],
+                   preferred_element_type=jnp.float32).astype(g.dtype)
+    dx = dx + _unstrided(t, xs, x_shape)
+  return dx
+
+
+def _conv_taps_dw(x, g, w_shape, stride, padding, lhs_dilation):
+  dw = jnp.zeros(tuple(w_shape), jnp.float32)
+  for a, b, xs, ys in _taps(x.shape, g.shape, w_shape[0], w_shape[1], stride, padding,
+                            lhs_dilation):
+    t = jnp.einsum("nhwi,nhwo->io", _strided(x, xs), _strided(g, ys),
+                   preferred_element_type=jnp.float32)
+    dw = dw.at[a, b].set(t)
+  return dw
+
+
+def _conv_native(x: Array, w: Array, stride: int, padding: tuple[tuple[int, int], ...],
+                 lhs_dilation: int) -> Array:
+  return jax.lax.conv_general_dilated(
+      x, w, window_strides=(stride, stride), padding=padding,
+      lhs_dilation=(lhs_dilation, lhs_dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_hwio(x: Array, w: Array, stride: int, padding: tuple[tuple[int, int], ...],
+               lhs_dilation: int) -> Array:
+  """conv_general_dilated (NHWC, HWIO) whose CPU lowering uses per-tap GEMMs where faster."""
+  if stride == 1:  # XLA:CPU's forward kernel is fine here; only its gradients are not.
+    return _conv_native(x, w, stride, padding, lhs_dilation)
+  return jax.lax.platform_dependent(
+      x, w, cpu=lambda x, w: _conv_taps_fwd(x, w, stride, padding, lhs_dilation),
+      default=lambda x, w: _conv_native(x, w, stride, padding, lhs_dilation))
+
+
+def _conv_hwio_fwd(x, w, stride, padding, lhs_dilation):
+  return _conv_hwio(x, w, stride, padding, lhs_dilation), (x, w)
+
+
+def _conv_hwio_bwd(stride, padding, lhs_dilation, res, g):
+  x, w = res
+
+  def native(x, w, g):
+    _, vjp = jax.vjp(lambda x_, w_: _conv_native(x_, w_, stride, padding, lhs_dilation), x, w)
+    return vjp(g)
+
+  def cpu(x, w, g):
+    if stride > 1 or lhs_dilation > 1:
+      dx = _conv_taps_dx(x.shape, w, g, stride, padding, lhs_dilation)
+    else:
+      _, vjp = jax.vjp(lambda x_: _conv_native(x_, w, stride, padding, lhs_dilation), x)
+      (dx,) = vjp(g)
+    dw = _conv_taps_dw(x, g, w.shape, stride, padding, lhs_dilation).astype(w.dtype)
+    return dx, dw
+
+  return jax.lax.platform_dependent(x, w, g, cpu=cpu, default=native)
+
+
+_conv_hwio.defvjp(_conv_hwio_fwd, _conv_hwio_bwd)
+
+
 def _conv(x: Array, w: Array, stride: int = 1, padding: Sequence[tuple[int, int]] = ((0, 0),) * 2,
           lhs_dilation: int = 1, flip_weight: bool = True) -> Array:
   # flip_weight=True is a correlation (torch's conv2d); False a true convolution.
   if not flip_weight:
     w = w[::-1, ::-1]
-  return jax.lax.conv_general_dilated(
-      x, w.astype(x.dtype), window_strides=(stride, stride), padding=tuple(padding),
-      lhs_dilation=(lhs_dilation, lhs_dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _conv_hwio(x, w.astype(x.dtype), int(stride), padding, int(lhs_dilation))
 
 
 def conv2d_resample(x: Array, w: Array, f: Array | None = None, up: int = 1, down: int = 1,
@@ -222,20 +365,26 @@ def conv2d_resample(x: Array, w: Array, f: Array | None = None, up: int = 1, dow
 
 def modulated_conv2d(x: Array, weight: Array, styles: Array, noise: Array | None = None,
                      up: int = 1, padding: int = 0, resample_filter: Array | None = None,
-                     demodulate: bool = True, flip_weight: bool = True) -> Array:
-  """StyleGAN2 modulated (and demodulated) convolution.
+                     demodulate: bool = True, flip_weight: bool = True,
+                     fused_modconv: bool | None = False, down: int = 1) -> Array:
+  """StyleGAN2 modulated (and demodulated) convolution, in either of NVIDIA's two forms.
 
-  Computed as NVIDIA's non-fused path: scale the input channels by the styles, convolve with
-  the shared weight, scale the output channels by the demodulation coefficients. This is
-  the same function as the fused grouped convolution, with one weight for the whole batch.
+  Non-fused (``fused_modconv=False``, NVIDIA's training path): scale the input channels by
+  the styles, convolve with the shared weight, scale the output channels by the
+  demodulation coefficients. Fused (NVIDIA's inference path): one weight per sample,
+  ``weight * styles * dcoefs``, and a per-sample (grouped) convolution. The same function;
+  the results differ only by float rounding (the products are associated differently).
 
   Args:
     x: [N, H, W, I].
     weight: [kh, kw, I, O] (gain already applied by the caller where needed).
     styles: [N, I].
     noise: broadcastable to [N, H', W', O] or None.
+    fused_modconv: True = per-sample weights and a grouped convolution; None = fused unless
+      the default backend is the CPU, where XLA's grouped convolution runs 5-8x slower than
+      the non-fused form (benchmarks/RESULTS.md), False = non-fused.
   Returns:
-    [N, H * up, W * up, O].
+    [N, H * up / down, W * up / down, O].
   """
   n, _, _, in_ch = x.shape
   if styles.shape != (n, in_ch):
@@ -247,11 +396,29 @@ def modulated_conv2d(x: Array, weight: Array, styles: Array, noise: Array | None
     # sum_{k,i} (w[k,i,o] s[n,i])^2 = sum_i s[n,i]^2 * sum_k w[k,i,o]^2.
     wsq = jnp.sum(jnp.square(weight), axis=(0, 1))  # [I, O]
     dcoefs = jax.lax.rsqrt(jnp.square(styles) @ wsq + 1e-8)  # [N, O]
-  x = x * styles[:, None, None, :].astype(x.dtype)
-  x = conv2d_resample(x, weight, f=resample_filter, up=up, padding=padding,
-                      flip_weight=flip_weight)
-  if dcoefs is not None:
-    x = x * dcoefs[:, None, None, :].astype(x.dtype)
+
+  def fused(x, weight, styles, dcoefs):
+    w = weight[None] * styles[:, None, None, :, None]  # [N, kh, kw, I, O]
+    if dcoefs is not None:
+      w = w * dcoefs[:, None, None, None, :]
+    # vmap of a convolution over (input, weight) is XLA's grouped convolution (groups = N).
+    return jax.vmap(lambda xi, wi: conv2d_resample(
+        xi[None], wi, f=resample_filter, up=up, down=down, padding=padding,
+        flip_weight=flip_weight)[0])(x, w)
+
+  def non_fused(x, weight, styles, dcoefs):
+    x = x * styles[:, None, None, :].astype(x.dtype)
+    x = conv2d_resample(x, weight, f=resample_filter, up=up, down=down, padding=padding,
+                        flip_weight=flip_weight)
+    if dcoefs is not None:
+      x = x * dcoefs[:, None, None, :].astype(x.dtype)
+    return x
+
+  if fused_modconv is None:
+    # Decided at trace time (not with lax.platform_dependent) so that a program holds one
+    # form; a program lowered for another platform than the default one may pick the slower.
+    fused_modconv = jax.default_backend() != "cpu"
+  x = (fused if fused_modconv else non_fused)(x, weight, styles, dcoefs)
   if noise is not None:
     x = x + noise.astype(x.dtype)
   return x

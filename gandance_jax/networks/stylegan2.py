@@ -161,7 +161,8 @@ class SynthesisLayer(nn.Module):
   conv_clamp: float | None = None     # Clamp the output to +-X, None = off.
 
   @nn.compact
-  def __call__(self, x: Array, w: Array, noise_mode: str = "random", gain: float = 1.0) -> Array:
+  def __call__(self, x: Array, w: Array, noise_mode: str = "random", gain: float = 1.0,
+               fused_modconv: bool | None = False) -> Array:
     """x [B, R/up, R/up, I], w [B, w_dim] -> [B, R, R, out_channels]."""
     in_channels = x.shape[-1]
     if x.shape[1] != self.resolution // self.up:
@@ -185,7 +186,8 @@ class SynthesisLayer(nn.Module):
       elif noise_mode == "const":
         noise = (noise_const.value * strength)[None, :, :, None]
     x = layers.modulated_conv2d(x, weight, styles, noise=noise, up=self.up, padding=k // 2,
-                                resample_filter=f, flip_weight=(self.up == 1))
+                                resample_filter=f, flip_weight=(self.up == 1),
+                                fused_modconv=fused_modconv)
     bias = self.param("bias", nn.initializers.zeros, (self.out_channels,))
     act_gain = layers.activation_gain(self.activation) * gain
     clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
@@ -200,14 +202,15 @@ class ToRGBLayer(nn.Module):
   conv_clamp: float | None = None     # Clamp the output to +-X, None = off.
 
   @nn.compact
-  def __call__(self, x: Array, w: Array) -> Array:
+  def __call__(self, x: Array, w: Array, fused_modconv: bool | None = False) -> Array:
     in_channels = x.shape[-1]
     k = self.kernel_size
     styles = FullyConnectedLayer(in_channels, bias_init=1.0, name="affine")(w)
     styles = styles * (1.0 / np.sqrt(in_channels * k * k))
     weight = self.param("weight", layers._normal_init(1.0), (k, k, in_channels,  # pylint: disable=protected-access
                                                              self.out_channels))
-    x = layers.modulated_conv2d(x, weight, styles, demodulate=False)
+    x = layers.modulated_conv2d(x, weight, styles, demodulate=False,
+                                fused_modconv=fused_modconv)
     bias = self.param("bias", nn.initializers.zeros, (self.out_channels,))
     return layers.bias_act(x, bias, clamp=self.conv_clamp)
 
@@ -235,13 +238,22 @@ class SynthesisBlock(nn.Module):
     return 1 if (self.is_last or self.architecture == "skip") else 0
 
   @nn.compact
-  def __call__(self, x: Array | None, img: Array | None, ws: Array, noise_mode: str = "random"
-               ) -> tuple[Array, Array | None]:
-    """ws [B, num_conv + num_torgb, w_dim]; x [B, R/2, R/2, in]; img [B, R/2, R/2, C]."""
+  def __call__(self, x: Array | None, img: Array | None, ws: Array, noise_mode: str = "random",
+               fused_modconv: bool | None = None) -> tuple[Array, Array | None]:
+    """ws [B, num_conv + num_torgb, w_dim]; x [B, R/2, R/2, in]; img [B, R/2, R/2, C].
+
+    fused_modconv: None = NVIDIA's default: fused unless training (here: noise_mode
+    'random', the train step's mode) or computing in reduced precision with batch > 1, and
+    then only where it pays off (not on XLA:CPU, see layers.modulated_conv2d).
+    """
+    if fused_modconv is None and not (noise_mode != "random" and (
+        self.dtype == jnp.float32 or ws.shape[0] == 1)):
+      fused_modconv = False
     if ws.shape[1] != self.num_conv + self.num_torgb:
       raise ValueError(f"block {self.resolution} expects {self.num_conv + self.num_torgb} ws, "
                        f"got {ws.shape}")
     f = layers.resample_filter_buffer(self, self.resample_filter)
+    call_kwargs = dict(noise_mode=noise_mode, fused_modconv=fused_modconv)
     layer_kwargs = dict(w_dim=self.w_dim, resolution=self.resolution,
                         resample_filter=self.resample_filter, conv_clamp=self.conv_clamp,
                         use_noise=self.use_noise)
@@ -251,7 +263,7 @@ class SynthesisBlock(nn.Module):
                          (self.resolution, self.resolution, self.out_channels))
       x = jnp.broadcast_to(const[None].astype(self.dtype), (ws.shape[0],) + const.shape)
       x = SynthesisLayer(self.out_channels, name="conv1", **layer_kwargs)(
-          x, ws[:, 0], noise_mode=noise_mode)
+          x, ws[:, 0], **call_kwargs)
       w_idx = 1
     else:
       if x is None or x.shape[1:] != (self.resolution // 2, self.resolution // 2,
@@ -264,19 +276,19 @@ class SynthesisBlock(nn.Module):
       if self.architecture == "resnet":
         y = Conv2dLayer(self.out_channels, kernel_size=1, use_bias=False, up=2,
                         resample_filter=self.resample_filter, name="skip")(x, gain=np.sqrt(0.5))
-        x = conv0(x, ws[:, 0], noise_mode=noise_mode)
-        x = conv1(x, ws[:, 1], noise_mode=noise_mode, gain=np.sqrt(0.5))
+        x = conv0(x, ws[:, 0], **call_kwargs)
+        x = conv1(x, ws[:, 1], gain=np.sqrt(0.5), **call_kwargs)
         x = y + x
       else:
-        x = conv0(x, ws[:, 0], noise_mode=noise_mode)
-        x = conv1(x, ws[:, 1], noise_mode=noise_mode)
+        x = conv0(x, ws[:, 0], **call_kwargs)
+        x = conv1(x, ws[:, 1], **call_kwargs)
       w_idx = 2
 
     if img is not None:
       img = layers.upsample2d(img, f)
     if self.is_last or self.architecture == "skip":
       y = ToRGBLayer(self.img_channels, w_dim=self.w_dim, conv_clamp=self.conv_clamp,
-                     name="torgb")(x, ws[:, w_idx])
+                     name="torgb")(x, ws[:, w_idx], fused_modconv=fused_modconv)
       y = y.astype(jnp.float32)  # The image skip path accumulates in float32.
       img = img + y if img is not None else y
     return x, img
@@ -350,7 +362,8 @@ class SynthesisNetwork(nn.Module):
     return res_of
 
   @nn.compact
-  def __call__(self, ws: Array, noise_mode: str = "random") -> Array:
+  def __call__(self, ws: Array, noise_mode: str = "random",
+               fused_modconv: bool | None = None) -> Array:
     _check_choice(noise_mode, NOISE_MODES, "noise_mode")
     if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
       raise ValueError(f"ws must have shape [B, {self.num_ws}, {self.w_dim}], got {ws.shape}")
@@ -365,7 +378,8 @@ class SynthesisNetwork(nn.Module):
                              dtype=compute_dtype(spec["resolution"], self.img_resolution,
                                                  self.num_bf16_res), **spec)
       n = block.num_conv + block.num_torgb
-      x, img = block(x, img, ws[:, w_idx:w_idx + n], noise_mode=noise_mode)
+      x, img = block(x, img, ws[:, w_idx:w_idx + n], noise_mode=noise_mode,
+                     fused_modconv=fused_modconv)
       w_idx += block.num_conv
     return img
 
@@ -443,15 +457,21 @@ class Generator(ConditionalLabels, nn.Module):
     return self.mapping_network(z, c, truncation_psi=truncation_psi,
                                 truncation_cutoff=truncation_cutoff, broadcast=broadcast)
 
-  def synthesis(self, ws: Array, noise_mode: str = "random") -> Array:
-    """ws [B, num_ws, w_dim] -> images [B, R, R, img_channels] (about [-1, 1])."""
-    return self.synthesis_network(ws, noise_mode=noise_mode)
+  def synthesis(self, ws: Array, noise_mode: str = "random",
+                fused_modconv: bool | None = None) -> Array:
+    """ws [B, num_ws, w_dim] -> images [B, R, R, img_channels] (about [-1, 1]).
+
+    fused_modconv: modulated convolutions as per-sample (grouped) convolutions; None = auto,
+    NVIDIA's rule (fused for sampling, not for training: see SynthesisBlock).
+    """
+    return self.synthesis_network(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
 
   def __call__(self, z: Array, labels: Array | None, truncation_psi: float | Array = 1.0,
-               truncation_cutoff: int | None = None, noise_mode: str = "random") -> Array:
+               truncation_cutoff: int | None = None, noise_mode: str = "random",
+               fused_modconv: bool | None = None) -> Array:
     ws = self.mapping(z, labels, truncation_psi=truncation_psi,
                       truncation_cutoff=truncation_cutoff)
-    return self.synthesis(ws, noise_mode=noise_mode)
+    return self.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
 
 
 # --------------------------------------------------------------------------------------
