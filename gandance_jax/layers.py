@@ -220,25 +220,27 @@ def _conv_out_shape(x_shape, w_shape, stride, padding, lhs_dilation) -> tuple[in
 # TPUs keep XLA's own kernels (cuDNN / TPU convolutions).
 
 
-def _conv_taps_fwd(x, w, stride, padding, lhs_dilation):
-  y_shape = _conv_out_shape(x.shape, w.shape, stride, padding, lhs_dilation)
-  out = jnp.zeros(y_shape, x.dtype)
-  for a, b, xs, ys in _taps(x.shape, y_shape, w.shape[0], w.shape[1], stride, padding,
-                            lhs_dilation):
-    t = jnp.einsum("nhwi,io->nhwo", _strided(x, xs), w[a, b],
-                   preferred_element_type=jnp.float32).astype(x.dtype)
-    out = out + _unstrided(t, ys, y_shape)
+def _accumulate_taps(src, out_shape, w, taps, equation: str, forward: bool):
+  """sum over kernel taps of one GEMM each: the forward convolution (src = x, out = y) or its
+  input gradient (src = dy, out = dx, the same taps read the other way)."""
+  out = jnp.zeros(out_shape, src.dtype)
+  for a, b, xs, ys in taps:
+    src_slice, out_slice = (xs, ys) if forward else (ys, xs)
+    t = jnp.einsum(equation, _strided(src, src_slice), w[a, b],
+                   preferred_element_type=jnp.float32).astype(src.dtype)
+    out = out + _unstrided(t, out_slice, out_shape)
   return out
 
 
+def _conv_taps_fwd(x, w, stride, padding, lhs_dilation):
+  y_shape = _conv_out_shape(x.shape, w.shape, stride, padding, lhs_dilation)
+  taps = _taps(x.shape, y_shape, w.shape[0], w.shape[1], stride, padding, lhs_dilation)
+  return _accumulate_taps(x, y_shape, w, taps, "nhwi,io->nhwo", forward=True)
+
+
 def _conv_taps_dx(x_shape, w, g, stride, padding, lhs_dilation):
-  dx = jnp.zeros(x_shape, g.dtype)
-  for a, b, xs, ys in _taps(x_shape, g.shape, w.shape[0], w.shape[1], stride, padding,
-                            lhs_dilation):
-    t = jnp.einsum("nhwo,io->nhwi", _strided(g, ys), w[a, b],
-                   preferred_element_type=jnp.float32).astype(g.dtype)
-    dx = dx + _unstrided(t, xs, x_shape)
-  return dx
+  taps = _taps(x_shape, g.shape, w.shape[0], w.shape[1], stride, padding, lhs_dilation)
+  return _accumulate_taps(g, x_shape, w, taps, "nhwo,io->nhwi", forward=False)
 
 
 def _conv_taps_dw(x, g, w_shape, stride, padding, lhs_dilation):

@@ -29,7 +29,8 @@ import jax
 import numpy as np
 
 from gandance_jax.interop import torch_files
-from gandance_jax.interop.safe_pickle import FormatError, NoBuild, UnsafePickleError
+from gandance_jax.interop.safe_pickle import (FormatError, NoBuild, UnsafePickleError,
+                                              allow_list)
 from gandance_jax.networks import stylegan2
 
 # ------------------------------------------------------------------------------------------
@@ -115,16 +116,15 @@ def _storage_from_bytes(blob: Any, source: str) -> torch_files.Storage:
   return obj
 
 
-NVIDIA_GLOBALS: dict[tuple[str, str], Any] = {
-    **torch_files.TORCH_GLOBALS,
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    # ("torch.storage", "_load_from_bytes"): bound to the file's name in `nvidia_globals`.
-    ("dnnlib.util", "EasyDict"): EasyDict,
-    ("dnnlib", "EasyDict"): EasyDict,
-    ("numpy", "dtype"): _DtypeSpec,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-}
+# ("torch.storage", "_load_from_bytes") is bound to the file's name in `nvidia_globals`.
+NVIDIA_GLOBALS = allow_list(torch_files.TORCH_GLOBALS, {
+    "torch_utils.persistence": {"_reconstruct_persistent_obj": _reconstruct_persistent_obj},
+    "dnnlib.util": {"EasyDict": EasyDict},
+    "dnnlib": {"EasyDict": EasyDict},
+    "numpy": {"dtype": _DtypeSpec},
+    "numpy.core.multiarray": {"scalar": _numpy_scalar},
+    "numpy._core.multiarray": {"scalar": _numpy_scalar},
+})
 
 
 def nvidia_globals(source: str) -> dict[tuple[str, str], Any]:

@@ -112,10 +112,17 @@ def _codecs_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -
   return text.encode("latin1", errors)
 
 
-STDLIB_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): PickledDict,
-    ("builtins", "set"): _safe_set,
-    ("builtins", "frozenset"): _safe_frozenset,
-    ("__builtin__", "set"): _safe_set,
-    ("_codecs", "encode"): _codecs_encode,
-}
+def allow_list(base: Mapping[tuple[str, str], Any],
+               by_module: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], Any]:
+  """An allow-list {(module, name): replacement}: `base` plus `by_module` ({module: {name:
+  replacement}}, grouped so that a reader sees per module what a format may name)."""
+  return {**base, **{(module, name): value for module, names in by_module.items()
+                     for name, value in names.items()}}
+
+
+STDLIB_GLOBALS = allow_list({}, {
+    "collections": {"OrderedDict": PickledDict},
+    "builtins": {"set": _safe_set, "frozenset": _safe_frozenset},
+    "__builtin__": {"set": _safe_set},
+    "_codecs": {"encode": _codecs_encode},
+})

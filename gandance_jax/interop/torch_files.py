@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from gandance_jax.interop.safe_pickle import (STDLIB_GLOBALS, FormatError, InteropError, NoBuild,
+                                              allow_list,
                                               RestrictedUnpickler, UnsafePickleError)
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -167,20 +168,16 @@ class _TensorType(NoBuild):
   """torch.Tensor / torch.nn.Parameter as the `new_type` argument above (never called)."""
 
 
-TORCH_GLOBALS: dict[tuple[str, str], Any] = {
-    **STDLIB_GLOBALS,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-    ("torch.tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-    ("torch", "Tensor"): _TensorType,
-    ("torch._tensor", "Tensor"): _TensorType,
-    ("torch.nn.parameter", "Parameter"): _TensorType,
-    **{("torch", name): StorageType(name) for name in _STORAGE_DTYPES},
-    ("torch.storage", "UntypedStorage"): StorageType("UntypedStorage"),
-}
+TORCH_GLOBALS = allow_list(STDLIB_GLOBALS, {
+    "torch._utils": {"_rebuild_tensor_v2": _rebuild_tensor, "_rebuild_tensor": _rebuild_tensor,
+                     "_rebuild_parameter": _rebuild_parameter,
+                     "_rebuild_parameter_with_state": _rebuild_parameter},
+    "torch._tensor": {"_rebuild_from_type_v2": _rebuild_from_type_v2, "Tensor": _TensorType},
+    "torch.tensor": {"_rebuild_from_type_v2": _rebuild_from_type_v2},
+    "torch": {"Tensor": _TensorType, **{name: StorageType(name) for name in _STORAGE_DTYPES}},
+    "torch.nn.parameter": {"Parameter": _TensorType},
+    "torch.storage": {"UntypedStorage": StorageType("UntypedStorage")},
+})
 
 
 # ------------------------------------------------------------------------------------------
