@@ -34,20 +34,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # the slow part of these networks on XLA:CPU). Measured: --mode=all (2000 steps, sampling,
   # evaluation) 1 min 35 s on an idle 2-core machine (~8 min when the cores are shared);
   # class accuracy of G EMA samples 0.871 (the digits CNN).
-  config.generator.update(dict(
-      z_dim=64, w_dim=64, mapping_layers=2, channel_base=256, channel_max=32,
-      architecture="orig"))
-  config.discriminator.update(dict(
-      architecture="orig", channel_base=256, channel_max=32, mapping_layers=2,
-      mbstd_group_size=4))
 
   # 32 kimg = 2000 steps of 16 (about 18 epochs of the 1797 digits): DiffAugment
   # (translation + cutout on reals and fakes) keeps D from memorising the small set.
-  config.train.update(dict(
-      batch_size=16, total_kimg=32.0, g_lr=0.002, d_lr=0.002, r1_gamma=0.1,
-      ema_kimg=1.0, ema_rampup=0.05, style_mixing_prob=0.0, label_reset_prob=0.1,
-      augment="diffaugment", augment_policy="translation,cutout", augment_p=1.0))
-  config.log_every_steps = 100
+  config_lib.cpu_sized_digits(config, batch_size=16, total_kimg=32.0)
   config.checkpoint_every_steps = 500
   config.sample_every_steps = 500
   config.sample.update(dict(num_samples=1000, batch_size=250))
@@ -57,14 +47,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       mode="none", every_steps=0, final=True, batch_size=250)
 
   if args.shrink:
-    config.generator.update(dict(z_dim=16, w_dim=16, channel_base=128, channel_max=16))
-    config.discriminator.update(dict(channel_base=128, channel_max=16))
-    config.train.update(dict(batch_size=8, total_kimg=0.08))
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 5
-    config.sample_every_steps = 5
-    config.sample.update(dict(num_samples=40, batch_size=20))
-    config.evals.class_accuracy.update(dict(num_samples=100, batch_size=20))
+    config_lib.shrink_digits(config)
   if args.fid:
     config.evals.fid = dict(
         type="fid", extractor="digits", num_samples=60 if args.shrink else 1000,

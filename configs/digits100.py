@@ -33,20 +33,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # The digits networks with RGB output and 100 classes (a side-by-side step timing put them
   # at 1.05x the digits step). Not yet timed end to end: 5000 steps are ~2.5x the digits
   # job's steps at twice its batch.
-  config.generator.update(dict(
-      z_dim=64, w_dim=64, mapping_layers=2, channel_base=256, channel_max=32,
-      architecture="orig"))
-  config.discriminator.update(dict(
-      architecture="orig", channel_base=256, channel_max=32, mapping_layers=2,
-      mbstd_group_size=4))
-
   # 160 kimg = 5000 steps of 32 (~9 epochs of the 17,970 images). DiffAugment without
   # 'color': colour is half of the class here.
-  config.train.update(dict(
-      batch_size=32, total_kimg=160.0, g_lr=0.002, d_lr=0.002, r1_gamma=0.1,
-      ema_kimg=1.0, ema_rampup=0.05, style_mixing_prob=0.0, label_reset_prob=0.1,
-      augment="diffaugment", augment_policy="translation,cutout", augment_p=1.0))
-  config.log_every_steps = 100
+  config_lib.cpu_sized_digits(config, batch_size=32, total_kimg=160.0)
   config.checkpoint_every_steps = 1000
   config.sample_every_steps = 1000
   # Grid rows: digit 2 in all ten styles (labels 20-29), where the close pairs sit side by side.
@@ -57,14 +46,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       mode="none", every_steps=0, final=True, batch_size=250)
 
   if args.shrink:
-    config.generator.update(dict(z_dim=16, w_dim=16, channel_base=128, channel_max=16))
-    config.discriminator.update(dict(channel_base=128, channel_max=16))
-    config.train.update(dict(batch_size=8, total_kimg=0.08))
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 5
-    config.sample_every_steps = 5
-    config.sample.update(dict(num_samples=40, batch_size=20))
-    config.evals.class_accuracy.update(dict(num_samples=100, batch_size=20))
+    config_lib.shrink_digits(config)
   if args.fid:
     config.evals.fid = dict(
         type="fid", extractor="digits100", num_samples=100 if args.shrink else 5000,

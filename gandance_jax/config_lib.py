@@ -368,3 +368,34 @@ def validate_sample_config(s: Any, num_classes: int, empty_class: bool) -> None:
     if out not in SAMPLE_OUTPUTS:
       _fail("sample.outputs", s.outputs, f"entries must be in {list(SAMPLE_OUTPUTS)}")
   _positive_int(s, "seed", "sample", allow_zero=True)
+
+
+def cpu_sized_digits(config: ml_collections.ConfigDict, *, batch_size: int,
+                     total_kimg: float) -> None:
+  """The CPU-sized networks and training of the embedded digits configs (configs/digits.py,
+  configs/digits100.py): about 60k parameters each ('orig' architectures avoid the FIR
+  resampling of skip/resnet, the slow part on XLA:CPU), DiffAugment translation + cutout
+  (no 'color': for digits100 colour is half of the class)."""
+  config.generator.update(dict(
+      z_dim=64, w_dim=64, mapping_layers=2, channel_base=256, channel_max=32,
+      architecture="orig"))
+  config.discriminator.update(dict(
+      architecture="orig", channel_base=256, channel_max=32, mapping_layers=2,
+      mbstd_group_size=4))
+  config.train.update(dict(
+      batch_size=batch_size, total_kimg=total_kimg, g_lr=0.002, d_lr=0.002, r1_gamma=0.1,
+      ema_kimg=1.0, ema_rampup=0.05, style_mixing_prob=0.0, label_reset_prob=0.1,
+      augment="diffaugment", augment_policy="translation,cutout", augment_p=1.0))
+  config.log_every_steps = 100
+
+
+def shrink_digits(config: ml_collections.ConfigDict) -> None:
+  """`:shrink` of the digits configs: a seconds-long smoke test of every phase."""
+  config.generator.update(dict(z_dim=16, w_dim=16, channel_base=128, channel_max=16))
+  config.discriminator.update(dict(channel_base=128, channel_max=16))
+  config.train.update(dict(batch_size=8, total_kimg=0.08))
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 5
+  config.sample_every_steps = 5
+  config.sample.update(dict(num_samples=40, batch_size=20))
+  config.evals.class_accuracy.update(dict(num_samples=100, batch_size=20))
