@@ -20,6 +20,7 @@ LAYERS = {
     "gandance_jax.layers": 0,
     "gandance_jax.multihost": 0,
     "gandance_jax.images": 0,
+    "gandance_jax.errors": 0,
     "gandance_jax.data": 1,
     # The readers of torch files and pickles need numpy only; the NVIDIA/StyleGAN2 bridge
     # builds networks from them (as checkpoint does) and the export CLI is an entry point.
