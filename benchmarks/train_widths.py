@@ -49,15 +49,18 @@ LR, BETAS, EPS = 0.0025, (0.0, 0.99), 1e-8
 def _variant(name: str):
   """Selects the convolution implementation at trace time."""
   from gandance_jax import layers  # pylint: disable=g-import-not-at-top
-  orig = layers._conv_hwio  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  orig = (layers._conv_hwio, layers._TAPS_MIN_CHANNELS, layers._TAPS_MIN_CHANNELS_DILATED)
   if name == "xla":
-    layers._conv_hwio = layers._conv_native  # pylint: disable=protected-access
-  elif name != "taps":
-    raise ValueError(f"variant must be 'xla' or 'taps', got {name!r}")
+    layers._conv_hwio = layers._conv_native
+  elif name == "taps":  # the per-tap form at every width, whatever layers.py chooses
+    layers._TAPS_MIN_CHANNELS = layers._TAPS_MIN_CHANNELS_DILATED = 0
+  elif name != "auto":
+    raise ValueError(f"variant must be 'xla', 'taps' or 'auto', got {name!r}")
   try:
     yield
   finally:
-    layers._conv_hwio = orig  # pylint: disable=protected-access
+    (layers._conv_hwio, layers._TAPS_MIN_CHANNELS, layers._TAPS_MIN_CHANNELS_DILATED) = orig
 
 
 def _build(width: str):
@@ -220,14 +223,13 @@ LAYERS = {  # name -> (input resolution, what it is): the 512-channel convolutio
 }
 
 
-def run_layers(batch: int, repeats: int, variants) -> list[dict]:
-  """Forward + backward (input, weight and style gradients) of single 512-channel layers."""
+def run_layers(batch: int, repeats: int, variants, c: int = 512) -> list[dict]:
+  """Forward + backward (input, weight and style gradients) of single c-channel layers."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gandance_jax import layers  # pylint: disable=g-import-not-at-top
 
-  c = 512
   f = jnp.asarray(layers.setup_filter([1, 3, 3, 1]))
   rng = np.random.default_rng(0)
   w = jnp.asarray(rng.standard_normal((3, 3, c, c)) / np.sqrt(9 * c), jnp.float32)
@@ -257,7 +259,7 @@ def run_layers(batch: int, repeats: int, variants) -> list[dict]:
         t0 = time.perf_counter()
         jax.block_until_ready(compiled[v](x, w, s, g))
         times[v].append(time.perf_counter() - t0)
-    rec = dict(framework="jax", layer=name, batch=batch,
+    rec = dict(framework="jax", layer=name, batch=batch, channels=c,
                **{f"{v}_ms": 1e3 * min(times[v]) for v in variants},
                **{f"{v}_gflop": _flops(compiled[v]) / 1e9 for v in variants})
     print(json.dumps(rec), flush=True)
@@ -366,7 +368,8 @@ def run_torch(width: str, repeats: int, nvidia_repo: str, torch_python: str) -> 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--widths", default="tiny,cifar")
-  p.add_argument("--variants", default="xla,taps")
+  p.add_argument("--variants", default="xla,taps",
+                 help="xla (XLA's kernels), taps (per-tap everywhere), auto (layers.py's rule)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--rounds", type=int, default=1,
                  help="alternate JAX and NVIDIA measurements this many times")
@@ -374,6 +377,9 @@ def main() -> None:
   p.add_argument("--sampling", action="store_true", help="also fused vs non-fused synthesis")
   p.add_argument("--layers", type=int, default=0,
                  help="only time the single 512-channel layers, at this batch size")
+  p.add_argument("--channels", default="512",
+                 help="--layers: comma-separated channel counts (where the per-tap form "
+                      "starts to pay off: layers._TAPS_MIN_CHANNELS)")
   p.add_argument("--nvidia_repo", default="")
   p.add_argument("--torch_python", default="")
   p.add_argument("--json", default="", help="write all records to this file")
@@ -388,7 +394,8 @@ def main() -> None:
     if a.nvidia_repo:
       records += run_torch_layers(a.layers, a.repeats, a.nvidia_repo,
                                   a.torch_python or sys.executable)
-    records += run_layers(a.layers, a.repeats, a.variants.split(","))
+    for c in (int(c) for c in a.channels.split(",")):
+      records += run_layers(a.layers, a.repeats, a.variants.split(","), c)
     widths = []
   for _ in range(a.rounds if widths else 0):
     if a.nvidia_repo:

@@ -297,13 +297,31 @@ def _conv_hwio_bwd(stride, padding, lhs_dilation, res, g):
 _conv_hwio.defvjp(_conv_hwio_fwd, _conv_hwio_bwd)
 
 
+# The per-tap form pays off from these channel counts (min of in and out); below them XLA's
+# own kernels are as fast or faster and compile sooner (benchmarks/train_widths.py --layers=16
+# --channels=16,32,64,128, RESULTS.md): the input-dilated up-sampling convolution gains from
+# 64 channels (1024 -> 388 ms), the plain and strided ones only from 128 (1471 -> 684 ms).
+# Decided from static shapes at trace time; the same on every platform, so a program's
+# structure does not depend on where it was traced.
+_TAPS_MIN_CHANNELS = 128
+_TAPS_MIN_CHANNELS_DILATED = 64
+
+
+def _taps_pay_off(w_shape: Sequence[int], lhs_dilation: int) -> bool:
+  channels = min(int(w_shape[2]), int(w_shape[3]))
+  if lhs_dilation > 1:
+    return channels >= _TAPS_MIN_CHANNELS_DILATED
+  return channels >= _TAPS_MIN_CHANNELS
+
+
 def _conv(x: Array, w: Array, stride: int = 1, padding: Sequence[tuple[int, int]] = ((0, 0),) * 2,
           lhs_dilation: int = 1, flip_weight: bool = True) -> Array:
   # flip_weight=True is a correlation (torch's conv2d); False a true convolution.
   if not flip_weight:
     w = w[::-1, ::-1]
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv_hwio(x, w.astype(x.dtype), int(stride), padding, int(lhs_dilation))
+  conv = _conv_hwio if _taps_pay_off(w.shape, int(lhs_dilation)) else _conv_native
+  return conv(x, w.astype(x.dtype), int(stride), padding, int(lhs_dilation))
 
 
 def conv2d_resample(x: Array, w: Array, f: Array | None = None, up: int = 1, down: int = 1,

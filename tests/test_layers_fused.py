@@ -108,6 +108,27 @@ CONV_CASES = [  # (up, down, kernel, padding, flip)
 ]
 
 
+@pytest.fixture
+def taps_everywhere(monkeypatch):
+  # The per-tap form at the small widths of these tests (layers.py uses it from 64/128 ch).
+  monkeypatch.setattr(layers, "_TAPS_MIN_CHANNELS", 0)
+  monkeypatch.setattr(layers, "_TAPS_MIN_CHANNELS_DILATED", 0)
+
+
+@pytest.mark.parametrize("cin,cout,up,taps", [
+    (16, 16, 1, False), (16, 16, 2, False), (64, 64, 1, False), (64, 64, 2, True),
+    (128, 512, 1, True), (512, 127, 1, False)])
+def test_conv_form_follows_channel_rule(cin, cout, up, taps):
+  # The per-tap custom gradient appears in the program exactly where the rule says.
+  x = jax.ShapeDtypeStruct((1, 4, 4, cin), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, cin, cout), jnp.float32)
+  f = jnp.asarray(layers.setup_filter([1, 3, 3, 1]))
+  conv = lambda x, w: jnp.sum(layers.conv2d_resample(x, w, f=f, up=up, padding=1))
+  jaxpr = str(jax.make_jaxpr(jax.grad(conv, argnums=1))(x, w))
+  assert ("custom_vjp_call" in jaxpr) == taps, jaxpr[:300]
+
+
+@pytest.mark.usefixtures("taps_everywhere")
 @pytest.mark.parametrize("up,down,k,padding,flip", CONV_CASES)
 def test_conv_gradients_match_xla(monkeypatch, up, down, k, padding, flip):
   rng = np.random.default_rng(up + 2 * down + 5 * k)
@@ -139,6 +160,7 @@ def test_conv_gradients_match_xla(monkeypatch, up, down, k, padding, flip):
   assert float(jnp.max(jnp.abs(dw_ref))) > 0  # the gradient is not trivially zero
 
 
+@pytest.mark.usefixtures("taps_everywhere")
 def test_conv_second_order_gradient():
   # R1 differentiates D's input gradient w.r.t. its weights: reverse over the custom rule.
   rng = np.random.default_rng(1)
