@@ -45,13 +45,14 @@ def test_outputs_close_to_float32_and_blocks_in_bfloat16():
   G0, D0 = _nets(0)
   g_vars = stylegan2.init_generator(G0, jax.random.key(0))
   d_vars = stylegan2.init_discriminator(D0, jax.random.key(1))
-  ref_img = G0.apply(g_vars, z, c, noise_mode="const")
-  ref_logits = D0.apply(d_vars, ref_img, c)
+  # Jitted: op-by-op dispatch compiles every primitive of the networks one at a time.
+  ref_img = jax.jit(lambda v: G0.apply(v, z, c, noise_mode="const"))(g_vars)
+  ref_logits = jax.jit(lambda v: D0.apply(v, ref_img, c))(d_vars)
   counts = {}
   for n in (0, 2, 4):
     G, D = _nets(n)  # same parameters: mixed precision adds none
-    img = G.apply(g_vars, z, c, noise_mode="const")
-    logits = D.apply(d_vars, ref_img, c)
+    img = jax.jit(lambda v, G=G: G.apply(v, z, c, noise_mode="const"))(g_vars)
+    logits = jax.jit(lambda v, D=D: D.apply(v, ref_img, c))(d_vars)
     assert img.dtype == jnp.float32 and logits.dtype == jnp.float32
     scale = float(jnp.abs(ref_img).max())
     # bfloat16 keeps 8 bits of mantissa: about 1% of the output range.
@@ -81,12 +82,12 @@ def test_gradients_are_float32_and_finite():
     img = G.apply({**g_vars, "params": params}, z, c, noise_mode="const")
     return jax.nn.softplus(-D.apply(d_vars, img, c)).mean()
 
-  grads = jax.grad(g_loss)(g_vars["params"])
+  grads = jax.jit(jax.grad(g_loss))(g_vars["params"])  # jit: see above
   for leaf in jax.tree.leaves(grads):
     assert leaf.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(leaf)))
   # R1 differentiates D with respect to the (float32) image.
-  img = G.apply(g_vars, z, c, noise_mode="const")
-  r1 = jax.grad(lambda x: D.apply(d_vars, x, c).sum())(img)
+  img = jax.jit(lambda v: G.apply(v, z, c, noise_mode="const"))(g_vars)
+  r1 = jax.jit(jax.grad(lambda x: D.apply(d_vars, x, c).sum()))(img)
   assert r1.dtype == jnp.float32 and float(jnp.abs(r1).sum()) > 0
 
 
