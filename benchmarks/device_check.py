@@ -329,11 +329,19 @@ def plan(s: Settings, sections: list[str], num_devices: int, budget_s: float) ->
   caps = {"train/imagenet64": (60, 200), "train/cifar10": (45, 150), "sampling": (45, 150),
           "fid": (30, 90), "env": (5, 60)}
   groups = []
+  pending_env = ()
   for name in sections:
     if name.startswith("aot/"):
       continue
-    key = name if name in caps else "/".join(name.split("/")[:2])
-    groups.append(Group((name,), *caps[key]))
+    if name == "env":   # rides with the next section: a worker start costs seconds
+      pending_env = (name,)
+      continue
+    key = "/".join(name.split("/")[:2])
+    min_s, cap_s = caps[key]
+    groups.append(Group(pending_env + (name,), min_s, cap_s + 10 * len(pending_env)))
+    pending_env = ()
+  if pending_env:
+    groups.append(Group(pending_env, *caps["env"]))
   aot = tuple(n for n in sections if n.startswith("aot/"))  # pylint: disable=redefined-outer-name
   if aot:  # Runs beside the others on the host CPU, for the whole budget.
     groups.insert(0, Group(aot, 0.0, budget_s, cpu_devices=num_devices))

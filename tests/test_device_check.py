@@ -88,8 +88,10 @@ def test_plan_skips_what_does_not_fit():
   # The AOT estimates run first, in the background, on 8 forced CPU devices.
   assert groups[0].cpu_devices == 8
   assert all(name.startswith("aot/") for name in groups[0].sections)
-  accel = [g.sections[0] for g in groups[1:]]
-  assert accel[:3] == ["env", "train/imagenet64/f32", "sampling"]
+  # Then one worker per section in priority order; env rides with the first.
+  assert [g.sections for g in groups[1:4]] == [("env", "train/imagenet64/f32"), ("sampling",),
+                                               ("train/cifar10/f32",)]
+  assert [g.cpu_devices for g in groups[1:]] == [0] * (len(groups) - 1)
   assert sorted(sum((g.sections for g in groups), ())) == sorted(sections)
 
 
