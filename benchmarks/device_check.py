@@ -182,7 +182,7 @@ def section_sampling(s: Settings, name: str) -> dict[str, Any]:
 
   spec = dict(sampling.IMAGENET64)
   if s.smoke:
-    spec.update(resolution=8, channel_base=64, channel_max=8, z_dim=16, w_dim=16,
+    spec.update(resolution=4, channel_base=64, channel_max=8, z_dim=16, w_dim=16,
                 mapping_layers=2)
   G = stylegan2.Generator(**spec)
   v = stylegan2.init_generator(G, jax.random.key(0))
@@ -519,7 +519,8 @@ def markdown(report: dict[str, Any]) -> str:
     for p, row in ph.items():
       est = (row.get("compiler_memory") or {}).get("peak_bytes")
       aot_est = (aot.get("phases_peak_bytes") or {}).get(p)
-      mem_rows.append(f"| {cfg} | {dtype} | {p} | {_fmt(row.get('peak_bytes_in_use_so_far'), '.0f', 1 / MIB)} "
+      measured = row.get("peak_bytes_in_use_so_far")
+      mem_rows.append(f"| {cfg} | {dtype} | {p} | {_fmt(measured, '.0f', 1 / MIB)} "
                       f"| {_fmt(est, '.0f', 1 / MIB)} | "
                       f"{_fmt(aot_est, '.0f', 1 / MIB) if aot_est else _status(aot) or '-'} |")
   lines += ["", "Device memory per phase, MiB (measured: memory_stats peak_bytes_in_use after "
@@ -527,10 +528,13 @@ def markdown(report: dict[str, Any]) -> str:
             "device compiler's memory_analysis; AOT: gandance_jax.train.aot on XLA:CPU):", "",
             "| config | dtype | phase | measured peak | compiler est. | AOT est. (XLA:CPU) |",
             "|---|---|---|---|---|---|", *mem_rows]
-  smp = report.get("sampling", {})
-  lines += ["", f"Guided sampling, 64x64, 1000 classes, batch {smp.get('batch', '-')} "
-            "(ratio = (1 + overhead) / (1 + FLOP bound), goal <= 1.25):", ""]
-  if _status(smp):
+  smp = report.get("sampling")
+  if smp is not None:
+    lines += ["", f"Guided sampling, 64x64, 1000 classes, batch {smp.get('batch', '-')} "
+              "(ratio = (1 + overhead) / (1 + FLOP bound), goal <= 1.25):", ""]
+  if smp is None:
+    pass   # not requested (--sections)
+  elif _status(smp):
     lines.append(_status(smp))
   else:
     lines += ["| mode | img/s | overhead | FLOP bound | ratio | compile s |",
@@ -542,16 +546,15 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Synthesis alone: non-fused {fm['nonfused_ms']:.2f} ms, fused "
               f"{fm['fused_ms']:.2f} ms (fused / non-fused {fm['fused_over_nonfused']:.2f}), "
               f"max |difference| {fm['max_abs_diff']:.1e}."]
-  fid = report.get("fid", {})
-  lines.append("")
-  if _status(fid):
-    lines.append("FID Inception features: " + _status(fid))
-  else:
-    lines.append(f"FID Inception features ({fid['weights']} weights, batch {fid['batch']} of "
+  fid = report.get("fid")
+  if fid is not None and _status(fid):
+    lines += ["", "FID Inception features: " + _status(fid)]
+  elif fid is not None:
+    lines += ["", f"FID Inception features ({fid['weights']} weights, batch {fid['batch']} of "
                  f"{fid['image_size']}x{fid['image_size']} -> 299, precision "
                  f"{fid['precision']}): {fid['img_per_s']:.1f} img/s, "
                  f"{_fmt(fid['achieved_tflop_per_s'], '.2f')} TFLOP/s, MFU "
-                 f"{_fmt(fid['mfu'], '.3f')} (full-float32 peak).")
+                 f"{_fmt(fid['mfu'], '.3f')} (full-float32 peak)."]
   problems = [f"- {k}: {_status(v)}" for k, v in _flat(report) if _status(v)]
   if problems:
     lines += ["", "Not measured:", *problems]
