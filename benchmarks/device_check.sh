@@ -8,22 +8,27 @@
 # Runs with the Python that has the machine's JAX (PYTHON, default python3). Needs jax,
 # flax, optax, orbax-checkpoint, numpy, scipy, absl-py and ml_collections; not clu,
 # tensorflow or tensorflow-datasets. Accelerator images often lack ml_collections (and
-# PyYAML, which it imports): without network, this script installs them from wheels in the
-# git-ignored folder .whl/ at the repository root into .whl/site (added to PYTHONPATH; the
-# machine's own environment is left unchanged). Fill .whl/ beforehand on a machine with
-# network, for the target machine's Python (X.Y = its `python3 --version`) and platform:
+# PyYAML / absl-py, which it imports): without network, this script installs the missing
+# ones from wheels in the git-ignored folder .whl/ at the repository root into .whl/site
+# (put on PYTHONPATH; the machine's own environment is left unchanged). Fill .whl/
+# beforehand on a machine with network, for the target's Python (X.Y = its
+# `python3 --version`) and platform:
 #
 #   pip download --only-binary=:all: --no-deps -d .whl --python-version X.Y \
-#       --platform manylinux2014_x86_64 ml_collections PyYAML
+#       --platform manylinux2014_x86_64 ml_collections PyYAML absl-py
 #
 # and carry .whl/ to the machine with the checkout (it is ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 
+if [[ -d .whl/site ]]; then   # installed by an earlier run
+  export PYTHONPATH=".whl/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 missing=()
 "$PY" -c "import ml_collections" 2>/dev/null || missing+=(ml_collections)
 "$PY" -c "import yaml" 2>/dev/null || missing+=(PyYAML)
+"$PY" -c "import absl" 2>/dev/null || missing+=(absl-py)
 if ((${#missing[@]})); then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
     echo "error: ${missing[*]} not importable by $PY and no wheels in .whl/ (see the" \
@@ -33,7 +38,7 @@ if ((${#missing[@]})); then
   echo "[device_check] installing ${missing[*]} from .whl/ into .whl/site" >&2
   "$PY" -m pip install --quiet --no-index --no-deps --find-links .whl --target .whl/site \
       "${missing[@]}"
-  export PYTHONPATH=".whl/site${PYTHONPATH:+:$PYTHONPATH}"
+  [[ ":$PYTHONPATH:" == *":.whl/site:"* ]] || export PYTHONPATH=".whl/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 has_results_md=0
