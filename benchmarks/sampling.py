@@ -30,9 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gandance_jax import images, sample_cli
-from gandance_jax.networks import stylegan2
-from gandance_jax import sampler as sampler_lib
+# Run as `python benchmarks/sampling.py`: the repository root is not on sys.path by itself.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))   # bench_lib
+
+from gandance_jax import images, sample_cli  # pylint: disable=wrong-import-position
+from gandance_jax.networks import stylegan2  # pylint: disable=wrong-import-position
+from gandance_jax import sampler as sampler_lib  # pylint: disable=wrong-import-position
 
 IMAGENET64 = dict(z_dim=512, w_dim=512, num_classes=1000, empty_class=True, resolution=64,
                   img_channels=3, mapping_layers=8, channel_base=16384, channel_max=512)
@@ -43,10 +47,10 @@ TINY64 = dict(IMAGENET64, channel_base=256, channel_max=16)
 
 
 def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost["flops"])
+  """XLA's FLOP count; NaN where the backend has no cost analysis (the timings still count)."""
+  from bench_lib import flops_of  # pylint: disable=g-import-not-at-top  (benchmarks/)
+  flops = flops_of(compiled)
+  return float("nan") if flops is None else flops
 
 
 def _peak_rss_mib() -> float:
@@ -64,6 +68,43 @@ def speed(batch: int, rounds: int) -> None:
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(v["params"]))
   print(f"generator: {n_params / 1e6:.1f}M parameters, num_ws={G.num_ws}, batch={batch}, "
         f"devices={jax.devices()}")
+  res = measure(G, v, batch, rounds, log=print)
+  print(f"XLA cost analysis: mapping {res['mapping_flops'] / 1e6:.2f} MFLOP per (z, c) pair, "
+        f"synthesis {res['synthesis_flops'] / 1e9:.2f} GFLOP per image (analytic count of its "
+        f"convolutions: {res['synthesis_flops_analytic'] / 1e9:.2f} GFLOP)")
+  print(f"\n{'mode':24s} {'img/s':>6s} {'s/img':>6s} {'overhead':>8s} {'latents':>8s} "
+        f"{'FLOP bound':>10s} {'ratio':>6s} {'bound*':>7s} {'prog FLOPs':>10s}")
+  for name, m in res["modes"].items():
+    print(f"{name:24s} {m['img_per_s']:6.2f} {1 / m['img_per_s']:6.3f} {m['overhead']:+8.3f} "
+          f"{m['latent_overhead']:+8.3f} {m['flop_bound']:10.3f} {m['ratio']:6.3f} "
+          f"{m['flop_bound_analytic']:7.3f} {m['program_flop_overhead']:+10.3f}")
+  print("overhead: guided / unguided - 1, end to end, best of the interleaved rounds (noisy "
+        "when other processes share the cores);\nlatents: (guided latents time - unguided "
+        "latents time) / unguided end-to-end time, i.e. the overhead measured on the part "
+        "guidance changes;\nFLOP bound: |C| flops(mapping) / (flops(mapping) + "
+        "flops(synthesis)) with XLA's counts; ratio = (1 + overhead) / (1 + bound), goal <= "
+        "1.25;\nbound*: the same bound with the analytic convolution count of the synthesis; "
+        "prog FLOPs: FLOP overhead of the whole compiled sampler (XLA cost analysis).")
+  print("end-to-end rounds (s):", {n: m["seconds_all"] for n, m in res["modes"].items()})
+  print("latents best (ms):", {n: round(1e3 * m["latents_s"], 2) for n, m in res["modes"].items()})
+
+
+MODES = (("unguided", dict(mode="none"), 0),
+         *((f"training-free |C|={k}", dict(mode="training_free", scale=1.3, num_opposite=k), k)
+           for k in (10, 100, 1000)),
+         ("learned", dict(mode="learned", scale=1.3), 1))
+
+
+def measure(G: stylegan2.Generator, v, batch: int, rounds: int, modes=MODES,
+            log=lambda msg: None, program_flops: bool = True) -> dict:
+  """Times the sampler of each mode (name, make_sampler kwargs, |C|) on one batch.
+
+  Returns {'mapping_flops', 'synthesis_flops', 'synthesis_flops_analytic',
+  'modes': {name: {img_per_s, seconds, overhead, latent_overhead, flop_bound, ratio, ...}}}:
+  per mode the best of `rounds` interleaved end-to-end calls, and 5 x `rounds` calls of the
+  guided latents alone. The first mode is the baseline of the overheads. `program_flops`
+  False skips the second compile that counts each whole sampler's FLOPs (None then).
+  """
   z = jnp.zeros((batch, G.z_dim))
   labels = np.arange(batch, dtype=np.int32) * 7 % G.num_classes
   mapping = jax.jit(lambda v_, z_, c_: G.apply(v_, z_, c_, broadcast=False, method=G.mapping))
@@ -72,25 +113,18 @@ def speed(batch: int, rounds: int) -> None:
   ws = jnp.zeros((batch, G.num_ws, G.w_dim))
   f_syn = _flops(synthesis.lower(v, ws).compile()) / batch
   f_syn_conv = analytic_synthesis_flops(G)
-  print(f"XLA cost analysis: mapping {f_map / 1e6:.2f} MFLOP per (z, c) pair, synthesis "
-        f"{f_syn / 1e9:.2f} GFLOP per image (analytic count of its convolutions: "
-        f"{f_syn_conv / 1e9:.2f} GFLOP)")
-
-  modes = [("unguided", dict(mode="none"), 0)]
-  for k in (10, 100, 1000):
-    modes.append((f"training-free |C|={k}", dict(mode="training_free", scale=1.3,
-                                                  num_opposite=k), k))
-  modes.append(("learned", dict(mode="learned", scale=1.3), 1))
 
   key = jax.random.key(0)
-  samplers, program_flops = {}, {}
+  samplers, prog_flops, compile_s = {}, {}, {}
   for name, kwargs, _ in modes:
     sampler = sampler_lib.make_sampler(G, **kwargs)
     t0 = time.perf_counter()
     sampler(v, key, labels).block_until_ready()  # Compile + first run.
-    program_flops[name] = _flops(sampler.lower(v, key, labels).compile()) / batch
+    compile_s[name] = time.perf_counter() - t0
+    prog_flops[name] = (_flops(sampler.lower(v, key, labels).compile()) / batch
+                        if program_flops else None)
     samplers[name] = sampler
-    print(f"  compiled {name:24s} in {time.perf_counter() - t0:6.1f} s")
+    log(f"  compiled {name:24s} in {compile_s[name]:6.1f} s")
 
   times = {name: [] for name, _, _ in modes}
   for r in range(rounds):  # Interleaved, so background load is shared by all modes.
@@ -109,29 +143,26 @@ def speed(batch: int, rounds: int) -> None:
       samplers[name].latents(v, jax.random.fold_in(key, r), labels).block_until_ready()
       latent_times[name].append(time.perf_counter() - t0)
 
-  base = min(times["unguided"])
-  base_latents = min(latent_times["unguided"])
-  print(f"\n{'mode':24s} {'img/s':>6s} {'s/img':>6s} {'overhead':>8s} {'latents':>8s} "
-        f"{'FLOP bound':>10s} {'ratio':>6s} {'bound*':>7s} {'prog FLOPs':>10s}")
+  base_name = modes[0][0]
+  base = min(times[base_name])
+  base_latents = min(latent_times[base_name])
+  out = {}
   for name, _, k in modes:
     t = min(times[name])
     overhead = t / base - 1
-    latent_overhead = (min(latent_times[name]) - base_latents) / base
     bound = k * f_map / (f_map + f_syn)
-    bound_conv = k * f_map / (f_map + f_syn_conv)
-    prog = program_flops[name] / program_flops["unguided"] - 1
-    ratio = (1 + overhead) / (1 + bound)
-    print(f"{name:24s} {batch / t:6.2f} {t / batch:6.3f} {overhead:+8.3f} {latent_overhead:+8.3f} "
-          f"{bound:10.3f} {ratio:6.3f} {bound_conv:7.3f} {prog:+10.3f}")
-  print("overhead: guided / unguided - 1, end to end, best of the interleaved rounds (noisy "
-        "when other processes share the cores);\nlatents: (guided latents time - unguided "
-        "latents time) / unguided end-to-end time, i.e. the overhead measured on the part "
-        "guidance changes;\nFLOP bound: |C| flops(mapping) / (flops(mapping) + "
-        "flops(synthesis)) with XLA's counts; ratio = (1 + overhead) / (1 + bound), goal <= "
-        "1.25;\nbound*: the same bound with the analytic convolution count of the synthesis; "
-        "prog FLOPs: FLOP overhead of the whole compiled sampler (XLA cost analysis).")
-  print("end-to-end rounds (s):", {n: [round(x, 3) for x in ts] for n, ts in times.items()})
-  print("latents best (ms):", {n: round(1e3 * min(ts), 2) for n, ts in latent_times.items()})
+    out[name] = dict(
+        num_opposite=k, batch=batch, seconds=t, img_per_s=batch / t,
+        seconds_all=[round(x, 4) for x in times[name]], latents_s=min(latent_times[name]),
+        overhead=overhead, latent_overhead=(min(latent_times[name]) - base_latents) / base,
+        flop_bound=bound, ratio=(1 + overhead) / (1 + bound),
+        flop_bound_analytic=k * f_map / (f_map + f_syn_conv),
+        program_flops_per_image=prog_flops[name],
+        program_flop_overhead=(prog_flops[name] / prog_flops[base_name] - 1
+                               if program_flops else None),
+        compile_s=compile_s[name])
+  return dict(mapping_flops=f_map, synthesis_flops=f_syn, synthesis_flops_analytic=f_syn_conv,
+              modes=out)
 
 
 def analytic_synthesis_flops(G: stylegan2.Generator) -> float:
