@@ -26,7 +26,7 @@ TINY = {
     "discriminator.mbstd_group_size": 4,
     "train.batch_size": 8, "train.total_kimg": 0.192, "train.r1_interval": 4,
     "train.pl_weight": 2.0, "train.pl_interval": 2, "train.style_mixing_prob": 0.5,
-    "train.label_reset_prob": 0.5, "train.augment": "ada", "train.ada_interval": 2,
+    "train.label_reset_prob": 0.5, "train.augment": "diffaugment_ada", "train.ada_interval": 2,
     "train.ada_kimg": 0.1, "train.ada_target": 0.0,
     "train.augment_policy": "color,translation,cutout",
     "log_every_steps": 1, "checkpoint_every_steps": 4, "sample_every_steps": 8,

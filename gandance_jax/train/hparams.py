@@ -52,6 +52,19 @@ class TrainHParams:
   san_base: str = "hinge"
   init_from: str = ""
   init_empty: str = "mean"
+  ada_pipe: str = "bgc"
+
+  @property
+  def adaptive_augment(self) -> bool:
+    """p follows ADA's rule ('ada' = NVIDIA's pipeline, 'diffaugment_ada' = DiffAugment ops)."""
+    return self.augment in ("ada", "diffaugment_ada")
+
+  @property
+  def ema_rampup_effective(self) -> float | None:
+    """The EMA ramp-up in force: None for a warm start (`init_from`), NVIDIA's resume rule
+    (train.py sets ema_rampup = None with --resume), so the pre-trained G_ema is kept
+    instead of being replaced by G at step 0 (beta = 0 under a ramp-up)."""
+    return None if self.init_from else self.ema_rampup
 
 
 @dataclasses.dataclass(frozen=True)
