@@ -107,6 +107,15 @@ class HParams:
                            train=dataclasses.asdict(self.train)), sort_keys=True, default=str)
 
 
+def _discriminator_kwargs(d: dict[str, Any], t: Mapping[str, Any]) -> dict[str, Any]:
+  """D's constructor arguments: SAN's loss gets D's SAN head (a per-class direction table,
+  `stylegan2.Discriminator(head='san')`), as the toy trainer does; an explicit `head`
+  in the config wins."""
+  if t.get("loss", "ns") == "san" and "head" not in d:
+    d = dict(d, head="san")
+  return d
+
+
 def from_config(config: Any) -> HParams:
   """HParams of a config that `config_lib.validate_config` accepted (ConfigDict or dict)."""
   get = lambda key, default=None: config.get(key, default)
@@ -121,7 +130,7 @@ def from_config(config: Any) -> HParams:
       seed=int(config["seed"]),
       train=TrainHParams(**t),
       generator=_frozen(to_dict(config["generator"])),
-      discriminator=_frozen(to_dict(config["discriminator"])),
+      discriminator=_frozen(_discriminator_kwargs(to_dict(config["discriminator"]), t)),
       data=_frozen(to_dict(config["data"])),
       evals=tuple(evaluators.parse_evals(get("evals", {}) or {})),
       mesh_data=int(config["mesh"]["data"]),
