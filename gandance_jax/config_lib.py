@@ -14,6 +14,7 @@ import ml_collections
 from gandance_jax import guidance, images
 from gandance_jax.data import base as data_base
 from gandance_jax.networks import base
+from gandance_jax.train import augment_pipe
 from gandance_jax.train import hparams as hparams_lib
 
 
@@ -64,11 +65,17 @@ def base_config() -> ml_collections.ConfigDict:
       ema_rampup=0.05,           # EMA ramp-up (fraction of images seen), None = off.
       style_mixing_prob=0.9,     # Probability of style mixing regularisation.
       label_reset_prob=0.1,      # GANdance p: labels reset to the empty id (needs empty_class).
-      augment="none",            # 'none', 'diffaugment' or 'ada'.
+      # 'none'; 'ada' = NVIDIA's ADA (train/augment_pipe.py, preset `ada_pipe`, adaptive p);
+      # 'diffaugment' = DiffAugment's ops (train/augment.py, `augment_policy`) at fixed
+      # `augment_p`; 'diffaugment_ada' = DiffAugment's ops with ADA's adaptive p.
+      augment="none",
+      ada_pipe="bgc",            # 'ada': AugmentPipe preset (NVIDIA's --augpipe), e.g. 'bgc'.
       augment_policy="color,translation,cutout",  # DiffAugment ops (train/augment.py).
       augment_p=1.0,             # 'diffaugment': fixed probability of each op per image.
-      ada_target=0.6, ada_kimg=100.0,  # 'ada': target E[sign(D(real))], speed of p (kimg).
-      ada_interval=4,            # 'ada': adjust p every N steps.
+      # Adaptive p ('ada', 'diffaugment_ada'): target E[sign(D(real))], kimg for p to move
+      # by 1 (NVIDIA: 500; its --resume sets 100), adjust every N steps.
+      ada_target=0.6, ada_kimg=500.0,
+      ada_interval=4,
       loss="ns",                 # 'ns' (non-saturating logistic) or 'san' (SAN, seeds/004).
       san_base="hinge",          # SAN's function-part loss: 'hinge' or 'logistic'.
       # Fine-tune a pre-trained conditional GAN (gandance_jax/train/warm_start.py): a workdir of a
@@ -129,7 +136,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 DATA_NAMES = data_base.SOURCE_NAMES
 ARCHITECTURES = ("orig", "skip", "resnet")
-AUGMENTS = ("none", "diffaugment", "ada")
+AUGMENTS = ("none", "diffaugment", "diffaugment_ada", "ada")
+ADAPTIVE_AUGMENTS = ("ada", "diffaugment_ada")      # p follows ADA's rule
 AUGMENT_OPS = ("color", "translation", "cutout")
 
 
@@ -256,7 +264,11 @@ def validate_config(config: ml_collections.ConfigDict) -> hparams_lib.HParams:
   if not isinstance(t.init_from, str):
     _fail("train.init_from", t.init_from, "must be a path string ('' = from scratch)")
   ops = [op.strip() for op in str(t.augment_policy).split(",") if op.strip()]
-  if t.augment != "none" and (not ops or any(op not in AUGMENT_OPS for op in ops)):
+  if t.get("ada_pipe", "bgc") not in augment_pipe.PRESETS:
+    _fail("train.ada_pipe", t.get("ada_pipe"),
+          f"allowed values are {list(augment_pipe.PRESETS)} (NVIDIA's --augpipe)")
+  if t.augment in ("diffaugment", "diffaugment_ada") and (
+      not ops or any(op not in AUGMENT_OPS for op in ops)):
     _fail("train.augment_policy", t.augment_policy,
           f"must be a comma-separated list of {list(AUGMENT_OPS)}")
   _number(t, "augment_p", "train", lo=0, hi=1)

@@ -25,24 +25,47 @@ def test_configs_validate(name, arg):
     assert config.train.label_reset_prob == 0.1
 
 
+# NVlabs/stylegan2-ada-pytorch train.py, transcribed by hand (not imported):
+#   cfg_specs['cifar'] = dict(ref_gpus=2, kimg=100000, mb=64, mbstd=32, fmaps=1,
+#                             lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2)
+#   channel_base = int(fmaps * 32768), channel_max = 512; Adam betas [0, 0.99], eps 1e-8;
+#   cfg == 'cifar': pl_weight = 0, style_mixing_prob = 0, D architecture = 'orig';
+#   D's MappingNetwork keeps num_layers = 8 (only G_kwargs.mapping_kwargs gets map);
+#   --aug=ada: ada_target = 0.6; training_loop defaults ada_interval = 4, ada_kimg = 500;
+#   --augpipe default 'bgc'; R1 lazy interval 16 (training_loop's D_reg_interval).
+NVIDIA_CIFAR = dict(ref_gpus=2, kimg=100000, mb=64, mbstd=32, fmaps=1, lrate=0.0025,
+                    gamma=0.01, ema=500, ramp=0.05, map=2)
+
+
 def test_cifar_matches_nvidia_cifar_settings():
   c = load_config("cifar10")
-  assert (c.data.resolution, c.generator.channel_max, c.generator.mapping_layers) == (32, 512, 2)
-  assert (c.train.r1_gamma, c.train.batch_size, c.train.ema_kimg, c.train.g_lr) == (
-      0.01, 64, 500.0, 0.0025)
-
-
-def test_shrink_is_smaller():
-  full, tiny = load_config("digits"), load_config("digits", "shrink")
-  assert tiny.generator.channel_max < full.generator.channel_max
-  assert tiny.train.total_kimg < full.train.total_kimg
+  spec = NVIDIA_CIFAR
+  g, d, t = c.generator, c.discriminator, c.train
+  assert c.data.resolution == 32 and g.num_classes == 10
+  # ref_gpus: batch_gpu = mb // ref_gpus; mbstd groups stay inside one GPU's share.
+  assert d.mbstd_shards == spec["ref_gpus"]
+  assert t.batch_size // d.mbstd_shards == spec["mb"] // spec["ref_gpus"]
+  assert t.total_kimg == spec["kimg"] and t.batch_size == spec["mb"]
+  assert d.mbstd_group_size == spec["mbstd"]
+  assert g.channel_base == d.channel_base == int(spec["fmaps"] * 32768)
+  assert g.channel_max == d.channel_max == 512
+  assert t.g_lr == t.d_lr == spec["lrate"] and tuple(t.betas) == (0.0, 0.99) and t.eps == 1e-8
+  assert t.r1_gamma == spec["gamma"] and t.r1_interval == 16
+  assert t.ema_kimg == spec["ema"] and t.ema_rampup == spec["ramp"]
+  assert g.mapping_layers == spec["map"] and d.mapping_layers == 8
+  assert (t.pl_weight, t.style_mixing_prob) == (0.0, 0.0)
+  assert (g.architecture, d.architecture) == ("skip", "orig")
+  assert (t.augment, t.ada_pipe, t.ada_target, t.ada_kimg, t.ada_interval) == (
+      "ada", "bgc", 0.6, 500, 4)
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("data.name", "mnist", r"config.data.name = 'mnist' is invalid: allowed values are"),
     ("generator.architecture", "unet", r"config.generator.architecture = 'unet'"),
     ("data.resolution", 24, r"config.data.resolution = 24 is invalid: must be a power of two"),
-    ("train.augment", "ada2", r"config.train.augment = 'ada2'.*'none', 'diffaugment', 'ada'"),
+    ("train.augment", "ada2",
+     r"config.train.augment = 'ada2'.*'none', 'diffaugment', 'diffaugment_ada', 'ada'"),
+    ("train.ada_pipe", "bgcx", r"config.train.ada_pipe = 'bgcx'.*'bgc'"),
     ("train.label_reset_prob", 1.5, r"config.train.label_reset_prob = 1.5 .* must be <= 1"),
     ("train.batch_size", 0, r"config.train.batch_size = 0 is invalid"),
     ("sample.mode", "cfg", r"config.sample.mode = 'cfg'"),

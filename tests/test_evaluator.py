@@ -82,6 +82,8 @@ def test_fid_and_classifier_metrics_per_scale(tmp_path):
   assert (tmp_path / "reference").is_dir()
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["step"] == 5 and rows[-1]["fid/fid@2"] == metrics["fid/fid@2"]
+  # The sampling protocol is stored beside the numbers (NVIDIA's by default).
+  assert rows[-1]["protocol/fid"] == "labels=dataset noise=random psi=1 mode=learned n=60 seed=0"
   # Scale changes the samples (learned guidance is active), so the numbers differ.
   assert metrics["fid/fid@1"] != metrics["fid/fid@2"]
 
@@ -89,7 +91,7 @@ def test_fid_and_classifier_metrics_per_scale(tmp_path):
 def test_precision_recall_evaluator(tmp_path):
   config = _config()
   config.evals.pr = dict(type="precision_recall", extractor="digits", num_samples=40,
-                         guidance_scales=[1.0], batch_size=40)
+                         guidance_scales=[1.0], batch_size=40, noise_mode="const")
   G, g_vars = _tiny_g()
   suite = _suite(config, str(tmp_path))
   with pytest.warns(UserWarning):
@@ -121,3 +123,31 @@ def test_eval_cli_on_sample_files(tmp_path):
   config.eval_samples = str(tmp_path / "missing.npz")
   with pytest.raises(ValueError, match="eval_samples.*does not exist"):
     cli.run(config, str(tmp_path))
+
+
+def test_label_protocols():
+  """'dataset' draws classes with the training data's frequencies (NVIDIA's metrics),
+  'balanced' is ADM's i % C; both recorded in `protocol`; bad values name the field."""
+  from gandance_jax.data import load_digits  # pylint: disable=g-import-not-at-top
+  from gandance_jax.evaluation.evaluators import common  # pylint: disable=g-import-not-at-top
+  spec = evaluators.parse_spec("e", dict(num_samples=20000))
+  assert (spec.labels, spec.noise_mode) == ("dataset", "random")
+  probs = np.array([0.7, 0.3, 0.0, 0.0])
+  labels = common.sample_labels(spec, 4, probs)
+  assert labels.dtype == np.int32 and labels.shape == (20000,)
+  np.testing.assert_array_equal(labels, common.sample_labels(spec, 4, probs))  # seeded
+  freq = np.bincount(labels, minlength=4) / labels.size
+  # Binomial std of a frequency: sqrt(0.7 * 0.3 / 20000) = 0.0032; 5 std = 0.016.
+  np.testing.assert_allclose(freq, probs, atol=0.016)
+  balanced = evaluators.parse_spec("e", dict(num_samples=10, labels="balanced"))
+  np.testing.assert_array_equal(common.sample_labels(balanced, 4, probs), np.arange(10) % 4)
+  assert common.protocol(balanced).startswith("labels=balanced noise=random")
+  # The digits data's own class frequencies.
+  _, real_labels = load_digits(16)
+  data = evaluators.EvalData("/tmp", _config().data)
+  np.testing.assert_allclose(data.class_probabilities(10),
+                             np.bincount(real_labels, minlength=10) / len(real_labels))
+  with pytest.raises(ValueError, match=r"config.evals.e.labels = 'uniform'.*'balanced'"):
+    evaluators.parse_spec("e", dict(labels="uniform"))
+  with pytest.raises(ValueError, match=r"config.evals.e.noise_mode = 'fixed'"):
+    evaluators.parse_spec("e", dict(noise_mode="fixed"))

@@ -58,6 +58,38 @@ def test_path_length_of_a_linear_synthesis():
   np.testing.assert_allclose(penalty, (want - pl_mean) ** 2, rtol=1e-4)
 
 
+def test_path_length_penalty_differentiates_through_the_new_mean():
+  # images_i = a_i * (linear map of ws_i): the lengths are L_i = |a_i| * l_i with l_i
+  # independent of a, so d L_i / d a_i = L_i / a_i. NVIDIA's penalty uses
+  # m = m0 + d * (mean(L) - m0) with its gradient (loss.py detaches only the stored copy):
+  #   d sum_i (L_i - m)^2 / d a_j = [2 (L_j - m) - 2 d / b * sum_i (L_i - m)] * L_j / a_j.
+  b, w_dim, h, decay, m0 = 4, 6, 2, 0.5, 0.3
+  m = jax.random.normal(jax.random.key(12), (w_dim, h, h, 1))
+  ws = jax.random.normal(jax.random.key(13), (b, 1, w_dim))
+  a = jnp.array([0.5, -1.5, 2.0, 1.0])
+  key = jax.random.key(14)
+
+  def total(a):
+    synth = lambda w: a[:, None, None, None] * jnp.einsum("bnd,dhwc->bhwc", w, m)
+    penalty, lengths, pl_mean = losses.path_length_penalty(synth, ws, key, jnp.float32(m0),
+                                                           decay)
+    return jnp.sum(penalty), (lengths, pl_mean)
+
+  grad, (lengths, pl_mean) = jax.grad(total, has_aux=True)(a)
+  lengths, a_np = np.asarray(lengths, np.float64), np.asarray(a, np.float64)
+  mean = m0 + decay * (lengths.mean() - m0)
+  np.testing.assert_allclose(pl_mean, mean, rtol=1e-6)
+  want = (2 * (lengths - mean) - 2 * decay / b * np.sum(lengths - mean)) * lengths / a_np
+  detached = 2 * (lengths - mean) * lengths / a_np       # the stop-gradient variant
+  # float32 arithmetic on O(1) values: relative errors ~1e-6; the two variants differ by
+  # 2 d / b * sum(L - m) * L / a = O(0.1-1), far outside the tolerance.
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-5)
+  assert np.max(np.abs(want - detached)) > 1e-2
+  # The stored mean carries no gradient.
+  stored = jax.grad(lambda a: total(a)[1][1])(a)
+  np.testing.assert_array_equal(stored, np.zeros(b))
+
+
 @pytest.mark.parametrize("ops", [("color",), ("translation",), ("cutout",),
                                  ("color", "translation", "cutout")])
 def test_augment_shapes_identity_and_gradients(ops):
@@ -89,11 +121,3 @@ def test_parse_policy_rejects_unknown_ops():
   with pytest.raises(ValueError, match="rotate"):
     augment.parse_policy("color,rotate")
 
-
-def test_ada_adjust_moves_p_towards_the_target():
-  p = jnp.float32(0.1)
-  up = augment.ada_adjust(p, jnp.float32(0.9), 0.6, batch_size=64, interval=4, ada_kimg=100)
-  down = augment.ada_adjust(p, jnp.float32(0.1), 0.6, batch_size=64, interval=4, ada_kimg=100)
-  np.testing.assert_allclose(up, 0.1 + 64 * 4 / 100_000, rtol=1e-6)
-  np.testing.assert_allclose(down, 0.1 - 64 * 4 / 100_000, rtol=1e-6)
-  assert float(augment.ada_adjust(jnp.float32(0.0), jnp.float32(-1.0), 0.6, 64, 4, 100)) == 0

@@ -163,3 +163,42 @@ def test_stylegan2_features_reproduce_logits_and_route_gradients():
   nonzero = lambda t: any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(t))
   assert nonzero(g_dir["mapping"]) and not nonzero(g_dir["b4"]) and not nonzero(g_dir["b8"])
   assert nonzero(g_fun["b4"]) and nonzero(g_fun["b8"])
+
+
+def test_stylegan2_san_head_directions_only_follow_the_wasserstein_term():
+  """D(head='san') (what train.loss='san' builds): StyleSAN-XL's split on the StyleGAN2 D.
+  The hinge (function) term reaches the body and the table's scales, never its directions;
+  the direction term reaches the directions only, as for the toy D above."""
+  from gandance_jax.networks import stylegan2  # pylint: disable=g-import-not-at-top
+  D = stylegan2.Discriminator(num_classes=3, empty_class=True, resolution=8, channel_base=64,
+                              channel_max=8, mbstd_group_size=2, head="san")
+  v = stylegan2.init_discriminator(D, 0)
+  assert set(v["params"]["san_head"]) == {"direction", "scale"} and "mapping" not in v["params"]
+  rng = np.random.default_rng(4)
+  xr, xf = (jnp.asarray(rng.standard_normal((4, 8, 8, 3)), jnp.float32) for _ in range(2))
+  c = jnp.array([0, 2, 3, 0])       # 3 = the empty class (its own row); no class 1
+
+  @jax.jit
+  def run(params):
+    vv = {"params": params, "buffers": v["buffers"]}
+    logits, h, head, offset = san.stylegan2_features(D, vv, xr, c)
+    part = lambda i: lambda p: san.stylegan2_discriminator_loss(
+        D, {"params": p, "buffers": v["buffers"]}, xr, c, xf, c)[1][i]
+    return (logits, san.plain_logits(h, *head) + offset, jax.grad(part("loss_dir"))(params),
+            jax.grad(part("loss_fun"))(params))
+
+  logits, rebuilt, g_dir, g_fun = run(v["params"])
+  # Plain logits = scale_c <unit_c, out(x)> / sqrt(F) (StyleSAN-XL keeps the 1/sqrt(F)):
+  # the same products in another order, float32 rounding of sums of 8 terms.
+  np.testing.assert_allclose(rebuilt, logits, rtol=1e-5, atol=1e-6)
+  nonzero = lambda t: any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(t))
+  assert nonzero(g_dir["san_head"]["direction"])
+  assert not nonzero(g_dir["san_head"]["scale"])
+  assert not nonzero(g_dir["b4"]) and not nonzero(g_dir["b8"])
+  assert not nonzero(g_fun["san_head"]["direction"])        # exactly zero: the split holds
+  assert nonzero(g_fun["san_head"]["scale"]) and nonzero(g_fun["b4"]) and nonzero(g_fun["b8"])
+  # Rows of classes absent from the batch get no gradient.
+  g_rows = np.abs(np.asarray(g_dir["san_head"]["direction"])).sum(axis=1)
+  assert np.all(g_rows[[0, 2, 3]] > 0) and g_rows[1] == 0
+  with pytest.raises(ValueError, match="head must be one of"):
+    stylegan2.Discriminator(num_classes=3, resolution=8, head="table")

@@ -3,6 +3,7 @@ end-to-end run of the loop in-process (files written, `load_generator`, non-fini
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -109,6 +110,78 @@ def test_ada_updates_p_every_interval(tiny):
   assert float(out.augment_p) == 0.0 and float(out.ada_sign_sum) == 2.0
 
 
+def test_ada_sign_statistic_counts_the_r1_phase(tiny):
+  """NVIDIA's ADA mean is over every `Loss/signs/real` report of the window: D main at each
+  step and the R1 phase at steps divisible by r1_interval (tiny: ada 2, R1 every 4)."""
+  config, fns, state, _ = tiny
+  ts = step_lib.TrainStep(fns.t, fns.G, fns.D, fns.g_tx, fns.d_tx, sharding.make_mesh(1))
+  for s in range(1, 24, 2):          # windows (s - 1, s] ending where p is adjusted
+    want = sum(1 + ("d_reg" in ts.phases_at(k)) for k in (s - 1, s))
+    assert int(fns.ada_sign_phases(jnp.int32(s))) == want, s
+  t = dataclasses.replace(fns.t, ada_target=0.6, ada_kimg=1.0)
+  fns6 = step_lib.PhaseFns(t, fns.G, fns.D, fns.g_tx, fns.d_tx)
+  start = state.replace(augment_p=jnp.float32(0.5), ada_sign_sum=jnp.float32(1.5))
+  dp = 8 * 2 / 1000
+  # Window 0..1 holds the R1 of step 0: 1.5 / 3 = 0.5 < 0.6 -> p goes down (over 2 phases
+  # it would be 0.75 > 0.6: up).
+  out, _ = fns6.finish(start.replace(step=jnp.int32(1)))
+  np.testing.assert_allclose(out.augment_p, 0.5 - dp, rtol=1e-6)
+  # Window 2..3 has no R1: 1.5 / 2 = 0.75 > 0.6 -> up.
+  out, _ = fns6.finish(start.replace(step=jnp.int32(3)))
+  np.testing.assert_allclose(out.augment_p, 0.5 + dp, rtol=1e-6)
+
+
+def test_w_avg_tracks_real_class_rows_only(tiny):
+  config, fns, state, _ = tiny
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.standard_normal((6, fns.G.w_dim)), jnp.float32)
+  w_avg = jnp.asarray(rng.standard_normal(fns.G.w_dim), jnp.float32)
+  s = fns._with_w_avg(state, w_avg)
+  empty = fns.G.empty_label
+  # Only empty labels: the truncation centre does not move.
+  np.testing.assert_array_equal(fns.updated_w_avg(s, w, jnp.full((6,), empty)), w_avg)
+  # Mixed: the lerp toward the mean of the real-class rows (0, 2, 5) only.
+  labels = jnp.array([3, empty, 1, empty, empty, 0])
+  mean = np.asarray(w)[[0, 2, 5]].mean(0)
+  beta = fns.G.w_avg_beta
+  np.testing.assert_allclose(fns.updated_w_avg(s, w, labels),
+                             mean + (np.asarray(w_avg) - mean) * beta, rtol=1e-5, atol=1e-6)
+
+
+def test_warm_start_keeps_the_pretrained_g_ema(tiny):
+  """NVIDIA's resume rule: no EMA ramp-up, so step 0 moves the pre-trained G_ema by one
+  EMA step instead of replacing it by G (beta = 0 under the ramp-up)."""
+  config, fns, state, _ = tiny
+  t = dataclasses.replace(fns.t, init_from="/some/pretrained")
+  assert fns.t.ema_rampup_effective == fns.t.ema_rampup and t.ema_rampup_effective is None
+  warm = step_lib.PhaseFns(t, fns.G, fns.D, fns.g_tx, fns.d_tx)
+  shifted = state.replace(g_params=jax.tree.map(lambda x: x + 1.0, state.g_params))
+  out, metrics = warm.finish(shifted)
+  beta = 0.5 ** (8 / (float(t.ema_kimg) * 1000))
+  np.testing.assert_allclose(metrics["ema_beta"], beta, rtol=1e-6)
+  for g, e0, e1 in zip(*(jax.tree.leaves(x) for x in (shifted.g_params, state.g_ema_params,
+                                                       out.g_ema_params))):
+    np.testing.assert_allclose(e1, g + (e0 - g) * beta, rtol=1e-5, atol=1e-6)
+
+
+def test_ada_augment_is_nvidias_pipeline(tiny):
+  """train.augment='ada' runs augment_pipe's AugmentPipe (preset ada_pipe) on D's inputs."""
+  from gandance_jax.train import augment_pipe  # pylint: disable=g-import-not-at-top
+  config, fns, state, batch = tiny
+  t = dataclasses.replace(fns.t, augment="ada", ada_pipe="bg")
+  ada = step_lib.PhaseFns(t, fns.G, fns.D, fns.g_tx, fns.d_tx)
+  key = jax.random.key(3)
+  images = batch["image"]
+  run = jax.jit(lambda st: ada._augment(st, images, key))
+  np.testing.assert_array_equal(run(state.replace(augment_p=jnp.float32(0.0))), images)
+  got = run(state.replace(augment_p=jnp.float32(0.7)))
+  want = augment_pipe.augment(key, images, 0.7, augment_pipe.AugmentSpec.from_preset("bg"))
+  # Same draws, same ops; jit vs eager only reorders float32 sums of a few dozen filter
+  # taps on values in [-1, 1]: differences ~1e-7, any wrong op or draw gives O(0.1).
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert not np.allclose(got, images)
+
+
 def test_phases_update_their_network_and_w_avg(tiny):
   config, _, state, batch = tiny
   # The loop's own jitted phases (cached per config, so the e2e test reuses the compile).
@@ -128,6 +201,9 @@ def test_phases_update_their_network_and_w_avg(tiny):
   assert changed(new.g_params, before.g_params) and not changed(new.d_params, before.d_params)
   new, metrics = ts.d_reg(fresh(), batch)
   assert float(metrics["r1_penalty"]) > 0 and changed(new.d_params, before.d_params)
+  # The R1 phase's real logits feed ADA's sign statistic (NVIDIA's Loss/signs/real).
+  assert float(new.ada_sign_sum) == float(before.ada_sign_sum) + float(
+      metrics["signs/real_reg"])
   assert not changed(new.g_params, before.g_params)
   new, metrics = ts.g_reg(fresh(), batch)
   assert float(metrics["pl_length"]) > 0 and float(new.pl_mean) > 0
@@ -231,27 +307,28 @@ def test_class_accuracy_of_real_digits_is_high(tmp_path):
 
 
 def test_san_loss_option_trains_d_and_g(tiny):
-  """config.train.loss='san' swaps in SAN's D and G losses (seeds/004) in the same phases."""
+  """config.train.loss='san' swaps in SAN's D and G losses (seeds/004) in the same phases,
+  with D's SAN head (a per-class direction table instead of the label MLP)."""
   config, fns, state, batch = tiny
   san_config = config.copy_and_resolve_references()
   with san_config.unlocked():
     san_config.train.loss = "san"
-  config_lib.validate_config(san_config)
-  san_fns = step_lib.PhaseFns(config_lib.validate_config(san_config).train, fns.G, fns.D,
-                              fns.g_tx, fns.d_tx)
+  hp = config_lib.validate_config(san_config)
+  G, D = state_lib.build_models(hp)
+  assert D.head == "san" and fns.D.head == "projection"
+  san_state = state_lib.init_train_state(hp, G, D, fns.g_tx, fns.d_tx)
+  assert "san_head" in san_state.d_params and "mapping" not in san_state.d_params
+  san_fns = step_lib.PhaseFns(hp.train, G, D, fns.g_tx, fns.d_tx)
   copy = lambda tree: jax.tree.map(np.asarray, tree)
-  before = copy(state)
-  new_ns, m_ns = jax.jit(fns.d_main)(state, batch)
-  new_san, m_san = jax.jit(san_fns.d_main)(state, batch)
+  before = copy(san_state)
+  new_san, m_san = jax.jit(san_fns.d_main)(san_state, batch)
   assert np.isfinite(float(m_san["loss/D"]))
-  # Same inputs, different objective: both move D, but not identically.
-  d_ns, d_san = jax.tree.leaves(copy(new_ns.d_params)), jax.tree.leaves(copy(new_san.d_params))
-  d_0 = jax.tree.leaves(before.d_params)
-  assert any(not np.array_equal(a, b) for a, b in zip(d_san, d_0))
-  assert any(not np.allclose(a, b) for a, b in zip(d_san, d_ns))
-  # The plain logits still feed ADA's sign statistic.
-  assert abs(float(m_san["scores/real"]) - float(m_ns["scores/real"])) < 1e-5
-  new_g, m_g = jax.jit(san_fns.g_main)(state, batch)
+  changed = lambda a, b: {k for k in a if any(
+      not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a[k]), jax.tree.leaves(b[k])))}
+  assert {"san_head", "b4", "b8"} <= changed(copy(new_san.d_params), before.d_params)
+  # ADA's sign statistic reads the plain logits of the (augmented) reals.
+  assert float(new_san.ada_sign_sum) == float(m_san["signs/real"])
+  new_g, m_g = jax.jit(san_fns.g_main)(san_state, batch)
   assert np.isfinite(float(m_g["loss/G"]))
   # Hinge base: G loss is -mean(D(fake)).
   np.testing.assert_allclose(float(m_g["loss/G"]), -float(m_g["scores/fake_g"]), rtol=1e-5)

@@ -202,7 +202,7 @@ def generator_loss_from_features(h_fake: Array, head_fake: Head, base: str = "hi
 
 def _is_san_tap(module: nn.Module, method_name: str) -> bool:
   del method_name
-  return module.name in ("out", "fc", "mapping")
+  return module.name in ("out", "fc", "mapping", "san_head")
 
 
 def stylegan2_features(D: Any, d_vars: Any, img: Array, labels: Array | None = None
@@ -210,9 +210,13 @@ def stylegan2_features(D: Any, d_vars: Any, img: Array, labels: Array | None = N
   """SAN view of a `stylegan2.Discriminator`, without changing the network.
 
   Runs D once with Flax's `capture_intermediates` and reads the last layer's input:
-  conditional D (projection head): h = output of ``b4/out`` [B, cmap_dim] and the raw
-  per-example direction = the label mapping's ``cmap`` [B, cmap_dim], so
-  D = <h, cmap> / sqrt(cmap_dim) = `plain_logits(h, *raw_heads(cmap, 1/sqrt(cmap_dim)))`;
+  conditional D with head='san' (what train.loss='san' builds): h = output of ``b4/out``
+  [B, cmap_dim] and the (unit direction, scale) of the `san_head` table, the split of
+  StyleSAN-XL (directions trained by the Wasserstein term only);
+  conditional D with the projection head: the raw per-example direction = the label
+  mapping's ``cmap`` [B, cmap_dim], so D = <h, cmap> / sqrt(cmap_dim) =
+  `plain_logits(h, *raw_heads(cmap, 1/sqrt(cmap_dim)))` (the hinge term then reaches the
+  directions through the shared MLP weights);
   unconditional D: h = output of ``b4/fc`` [B, C] and the direction = ``b4/out``'s weight
   (times its equalized-lr gain 1/sqrt(C)), whose bias is returned as the offset.
   Gradients flow through h and the head as through the plain forward pass.
@@ -224,6 +228,10 @@ def stylegan2_features(D: Any, d_vars: Any, img: Array, labels: Array | None = N
                           mutable=["intermediates"])
   inter = state["intermediates"]
   b4 = inter["b4"]
+  if "san_head" in inter:  # conditional, SAN table
+    h = b4["out"]["__call__"][0]
+    direction, scale = inter["san_head"]["__call__"][0]
+    return logits, h, (direction, scale / float(h.shape[-1]) ** 0.5), jnp.float32(0.0)
   if "mapping" in inter:  # conditional: projection onto cmap
     h = b4["out"]["__call__"][0]
     cmap = inter["mapping"]["__call__"][0]

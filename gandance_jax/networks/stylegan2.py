@@ -32,6 +32,7 @@ import numpy as np
 
 from gandance_jax import layers
 from gandance_jax.layers import BUFFERS, Conv2dLayer, FullyConnectedLayer
+from gandance_jax.networks import san
 from gandance_jax.networks.base import (NOISE_MODES, ConditionalLabels, check_classes,
                                         import_state_dict, validate_labels)
 
@@ -40,6 +41,7 @@ Variables = Mapping[str, Any]
 
 G_ARCHITECTURES = ("orig", "skip", "resnet")
 D_ARCHITECTURES = ("orig", "skip", "resnet")
+D_HEADS = ("projection", "san")
 
 
 # --------------------------------------------------------------------------------------
@@ -555,7 +557,14 @@ class DiscriminatorEpilogue(nn.Module):
 
 
 class Discriminator(ConditionalLabels, nn.Module):
-  """Conditional StyleGAN2 discriminator with the projection head (cmap from a label MLP)."""
+  """Conditional StyleGAN2 discriminator with the projection head.
+
+  head 'projection' (NVIDIA's): cmap = label MLP (`mapping`), D = <out(x), cmap> / sqrt(F).
+  head 'san' (StyleSAN-XL's `SANEmbedding`, for train.loss='san'): a per-class table
+  `san_head` of unit directions and scales, cmap = scale_c * direction_c, so the directions
+  are parameters of their own that only SAN's Wasserstein term trains (through a shared
+  label MLP the hinge term would move them too). Same logits formula.
+  """
   num_classes: int = 0                # Number of real classes, 0 = unconditional.
   empty_class: bool = False           # Add the GANdance "empty" label (id num_classes)?
   resolution: int = 64                # Input resolution (power of two).
@@ -572,9 +581,11 @@ class Discriminator(ConditionalLabels, nn.Module):
                                       # layers.minibatch_std; = devices: no cross-device mbstd).
   resample_filter: Sequence[float] = (1, 3, 3, 1)  # Low-pass filter taps.
   num_bf16_res: int = 0               # Highest resolutions computed in bfloat16 (0 = none).
+  head: str = "projection"            # Label head: 'projection' (label MLP) or 'san' (table).
 
   def __post_init__(self):
     _check_network_fields(self, D_ARCHITECTURES)
+    _check_choice(self.head, D_HEADS, "head")
     super().__post_init__()
 
   @nn.compact
@@ -606,9 +617,15 @@ class Discriminator(ConditionalLabels, nn.Module):
       c = labels_to_vectors(labels, self.c_dim, self.num_classes, self.empty_class)
       if c.shape[0] != batch_size:
         raise ValueError(f"img has batch {batch_size} but labels have batch {c.shape[0]}")
-      cmap = MappingNetwork(z_dim=0, c_dim=self.c_dim, w_dim=cmap_dim, num_ws=None,
-                            w_avg_beta=None, num_layers=self.mapping_layers,
-                            name="mapping")(None, c)
+      if self.head == "san":
+        # One-hot rows (or ids) pick a table row, as StyleSAN-XL's embed(c.argmax(1)).
+        direction, scale = san.SANEmbedding(self.c_dim, cmap_dim, name="san_head")(
+            jnp.argmax(c, axis=1))
+        cmap = direction * scale[:, None]
+      else:
+        cmap = MappingNetwork(z_dim=0, c_dim=self.c_dim, w_dim=cmap_dim, num_ws=None,
+                              w_avg_beta=None, num_layers=self.mapping_layers,
+                              name="mapping")(None, c)
     if x is None:  # resolution 4: no blocks, the epilogue sees the image through fromrgb
       raise ValueError("Discriminator resolution must be >= 8")
     x = DiscriminatorEpilogue(ch(4), cmap_dim=cmap_dim, resolution=4,

@@ -1,4 +1,4 @@
-"""Differentiable augmentation of D's inputs for small datasets (DiffAugment ops, ADA-style p).
+"""DiffAugment: differentiable augmentation of D's inputs for small datasets.
 
 The ops are those of DiffAugment (Zhao et al., NeurIPS 2020): 'color' (brightness,
 saturation, contrast), 'translation' (up to 1/8 of the size, zero fill) and 'cutout' (a
@@ -6,9 +6,9 @@ square of half the size set to zero). Each op is applied to each image independe
 probability `p`, as ADA (Karras et al., NeurIPS 2020) gates every op of its pipeline:
 
   * `train.augment = 'diffaugment'`: p fixed at `train.augment_p` (1.0 = DiffAugment proper);
-  * `train.augment = 'ada'`: p starts at 0 and follows ADA's heuristic
-    r_t = E[sign(D(x_real))], p += sign(r_t - ada_target) * B * ada_interval / (ada_kimg * 1000)
-    (see `ada_adjust`), so augmentation rises only when D starts to overfit.
+  * `train.augment = 'diffaugment_ada'`: these ops with p adapted by ADA's rule
+    (`augment_pipe.adjust_p`). NVIDIA's ADA proper (its own op pipeline) is
+    `train.augment = 'ada'`, in augment_pipe.py.
 
 Everything is differentiable in the images (gathers and masks), so G receives gradients
 through the augmented fakes and R1 is taken through the augmentation of the reals. All
@@ -129,12 +129,3 @@ def augment(images: Array, key: Array, p: Array | float, ops: Sequence[str]) -> 
     x = jnp.where(_column(u, 0) < p, fn(x, u), x)
   return x
 
-
-def ada_adjust(p: Array, real_sign_mean: Array, target: float, batch_size: int,
-               interval: int, ada_kimg: float) -> Array:
-  """ADA's update of p from r_t = E[sign(D(x_real))] over the last `interval` steps; p >= 0.
-
-  (NVIDIA clamps only at 0; p > 1 behaves as 1 for our Bernoulli gates.)
-  """
-  adjust = jnp.sign(real_sign_mean - target) * (batch_size * interval) / (ada_kimg * 1000.0)
-  return jnp.maximum(p + adjust, 0.0)

@@ -52,6 +52,19 @@ class TrainHParams:
   san_base: str = "hinge"
   init_from: str = ""
   init_empty: str = "mean"
+  ada_pipe: str = "bgc"
+
+  @property
+  def adaptive_augment(self) -> bool:
+    """p follows ADA's rule ('ada' = NVIDIA's pipeline, 'diffaugment_ada' = DiffAugment ops)."""
+    return self.augment in ("ada", "diffaugment_ada")
+
+  @property
+  def ema_rampup_effective(self) -> float | None:
+    """The EMA ramp-up in force: None for a warm start (`init_from`), NVIDIA's resume rule
+    (train.py sets ema_rampup = None with --resume), so the pre-trained G_ema is kept
+    instead of being replaced by G at step 0 (beta = 0 under a ramp-up)."""
+    return None if self.init_from else self.ema_rampup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +107,15 @@ class HParams:
                            train=dataclasses.asdict(self.train)), sort_keys=True, default=str)
 
 
+def _discriminator_kwargs(d: dict[str, Any], t: Mapping[str, Any]) -> dict[str, Any]:
+  """D's constructor arguments: SAN's loss gets D's SAN head (a per-class direction table,
+  `stylegan2.Discriminator(head='san')`), as the toy trainer does; an explicit `head`
+  in the config wins."""
+  if t.get("loss", "ns") == "san" and "head" not in d:
+    d = dict(d, head="san")
+  return d
+
+
 def from_config(config: Any) -> HParams:
   """HParams of a config that `config_lib.validate_config` accepted (ConfigDict or dict)."""
   get = lambda key, default=None: config.get(key, default)
@@ -108,7 +130,7 @@ def from_config(config: Any) -> HParams:
       seed=int(config["seed"]),
       train=TrainHParams(**t),
       generator=_frozen(to_dict(config["generator"])),
-      discriminator=_frozen(to_dict(config["discriminator"])),
+      discriminator=_frozen(_discriminator_kwargs(to_dict(config["discriminator"]), t)),
       data=_frozen(to_dict(config["data"])),
       evals=tuple(evaluators.parse_evals(get("evals", {}) or {})),
       mesh_data=int(config["mesh"]["data"]),

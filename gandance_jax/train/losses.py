@@ -64,7 +64,11 @@ def path_length_penalty(synthesis_fn: Callable[[Array], Array], ws: Array, pl_no
     pl_decay: decay of `pl_mean` (NVIDIA: 0.01).
   Returns:
     (penalty [b] = (pl_length - new_pl_mean)^2, pl_lengths [b], new_pl_mean [] without
-    gradient).
+    gradient: the copy to store in the state).
+
+  As NVIDIA's loss.py, the penalty uses the new mean WITH its gradient (it depends on this
+  batch's lengths through `pl_decay * mean(pl_lengths)`); only the stored copy is detached
+  (`self.pl_mean.copy_(pl_mean.detach())`).
   """
   images, vjp = jax.vjp(synthesis_fn, ws)
   h, w = images.shape[1], images.shape[2]
@@ -72,8 +76,9 @@ def path_length_penalty(synthesis_fn: Callable[[Array], Array], ws: Array, pl_no
   (pl_grads,) = vjp(pl_noise)
   # [b, num_ws, w_dim]: sum over w_dim, mean over num_ws, sqrt (as NVIDIA).
   pl_lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(pl_grads), axis=2), axis=1))
-  new_pl_mean = jax.lax.stop_gradient(pl_mean + (jnp.mean(pl_lengths) - pl_mean) * pl_decay)
-  return jnp.square(pl_lengths - new_pl_mean), pl_lengths, new_pl_mean
+  new_pl_mean = pl_mean + (jnp.mean(pl_lengths) - pl_mean) * pl_decay
+  return (jnp.square(pl_lengths - new_pl_mean), pl_lengths,
+          jax.lax.stop_gradient(new_pl_mean))
 
 
 # ----------------------------------------------------------------------------- label reset

@@ -8,6 +8,11 @@ NVIDIA's loop (stylegan2-ada-pytorch `training_loop.py` / `loss.py`) runs per ba
   D reg    R1: r1_gamma / 2 * ||dD(x, c)/dx||^2 * r1_interval     every r1_interval steps
   finish   G EMA (beta = 0.5 ** (B / ema_nimg), ramp-up), ADA p, step += 1
 
+Augmentation of every D input (`train.augment`): 'ada' is NVIDIA's AugmentPipe
+(augment_pipe.py, preset `ada_pipe`), 'diffaugment' / 'diffaugment_ada' DiffAugment's ops
+(augment.py). Adaptive p (NVIDIA's ADA rule, `augment_pipe.adjust_p`) reads the sign of D
+on the reals of D main AND of the R1 phase, as NVIDIA's collector of `Loss/signs/real`.
+
 Main and reg phases of a network share one Adam whose lr and betas are scaled by
 I / (I + 1) (`state.make_optimizer`). Each phase is a pure function (state, batch) ->
 (state, metrics) jitted with the state donated and replicated over the mesh and the batch
@@ -36,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gandance_jax.networks import san
 from gandance_jax.networks import stylegan2
 from gandance_jax.train import augment as augment_lib
+from gandance_jax.train import augment_pipe
 from gandance_jax.train.hparams import TrainHParams
 from gandance_jax.train import losses
 from gandance_jax.train.state import TrainState
@@ -100,6 +106,9 @@ class PhaseFns:
   def _augment(self, state: TrainState, images: Array, key: Array) -> Array:
     if self.t.augment == "none":
       return images
+    if self.t.augment == "ada":
+      return augment_pipe.augment(key, images, state.augment_p,
+                                  augment_pipe.AugmentSpec.from_preset(self.t.ada_pipe))
     return augment_lib.augment(images, key, state.augment_p,
                                augment_lib.parse_policy(self.t.augment_policy))
 
@@ -125,10 +134,23 @@ class PhaseFns:
     return G.apply(g_vars, ws, noise_mode="random", rngs={"noise": noise_key},
                    method=G.synthesis)
 
-  def updated_w_avg(self, state: TrainState, w: Array) -> Array:
-    """NVIDIA's `w_avg.copy_(w.mean(0).lerp(w_avg, w_avg_beta))`, no gradient."""
-    w_mean = jnp.mean(jax.lax.stop_gradient(w), axis=0)
-    return w_mean + (state.w_avg - w_mean) * self.G.w_avg_beta
+  def updated_w_avg(self, state: TrainState, w: Array, labels: Array) -> Array:
+    """NVIDIA's `w_avg.copy_(w.mean(0).lerp(w_avg, w_avg_beta))`, no gradient, with the mean
+    taken over the rows whose label is a real class (w [B, w_dim], labels int [B]).
+
+    Rows reset to the empty id are left out so that the truncation centre is the average
+    of the real classes whatever GANdance's p (else it drifts toward w(empty) with weight
+    p); a batch with no real-class row leaves w_avg unchanged.
+    """
+    w = jax.lax.stop_gradient(w).astype(jnp.float32)
+    if self.G.empty_label is None:
+      real = jnp.ones(labels.shape, jnp.float32)
+    else:
+      real = (labels != self.G.empty_label).astype(jnp.float32)
+    count = jnp.sum(real)
+    w_mean = jnp.sum(w * real[:, None], axis=0) / jnp.maximum(count, 1.0)
+    updated = w_mean + (state.w_avg - w_mean) * self.G.w_avg_beta
+    return jnp.where(count > 0, updated, state.w_avg)
 
   def _with_w_avg(self, state: TrainState, w_avg: Array) -> TrainState:
     buffers = dict(state.g_buffers)
@@ -163,7 +185,7 @@ class PhaseFns:
                                             state.g_params)
     state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
                           g_opt_state=g_opt_state)
-    state = self._with_w_avg(state, self.updated_w_avg(state, w))
+    state = self._with_w_avg(state, self.updated_w_avg(state, w, labels))
     return state, {"loss/G": loss, "scores/fake_g": jnp.mean(logits)}
 
   def g_reg(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -190,7 +212,7 @@ class PhaseFns:
                                             state.g_params)
     state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
                           g_opt_state=g_opt_state, pl_mean=pl_mean)
-    state = self._with_w_avg(state, self.updated_w_avg(state, w))
+    state = self._with_w_avg(state, self.updated_w_avg(state, w, labels))
     return state, {"loss/G_reg": loss, "pl_penalty": penalty, "pl_length": lengths}
 
   def d_main(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -228,7 +250,7 @@ class PhaseFns:
                           d_opt_state=d_opt_state,
                           ada_sign_sum=state.ada_sign_sum + real_sign)
     # NVIDIA's D main also runs G's mapping in training mode, which updates w_avg.
-    state = self._with_w_avg(state, self.updated_w_avg(state, w))
+    state = self._with_w_avg(state, self.updated_w_avg(state, w, labels))
     return state, {"loss/D": loss, "scores/fake": jnp.mean(fake_logits),
                    "scores/real": jnp.mean(real_logits), "signs/real": real_sign}
 
@@ -240,16 +262,37 @@ class PhaseFns:
 
     def loss_fn(d_params):
       logits_fn = lambda x: self.run_d(state, d_params, x, labels, aug_key)
-      penalty, _ = losses.r1_penalty(logits_fn, batch["image"])
+      penalty, logits = losses.r1_penalty(logits_fn, batch["image"])
       loss = jnp.mean(penalty * (float(t.r1_gamma) / 2)) * int(t.r1_interval)
-      return loss, jnp.mean(penalty)
+      return loss, (jnp.mean(penalty), logits)
 
-    (loss, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+    (loss, (penalty, real_logits)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.d_params)
     updates, d_opt_state = self.d_tx.update(_nan_to_num(grads), state.d_opt_state,
                                             state.d_params)
+    # NVIDIA's R1 phase reports Loss/signs/real too: ADA's statistic counts these reals.
+    real_sign = jnp.mean(jnp.sign(jax.lax.stop_gradient(real_logits)))
     state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
-                          d_opt_state=d_opt_state)
-    return state, {"loss/D_reg": loss, "r1_penalty": penalty}
+                          d_opt_state=d_opt_state,
+                          ada_sign_sum=state.ada_sign_sum + real_sign)
+    return state, {"loss/D_reg": loss, "r1_penalty": penalty, "signs/real_reg": real_sign}
+
+  def ada_sign_phases(self, step: Array) -> Array:
+    """int32 []: how many phases added a batch mean to `ada_sign_sum` in the ADA window
+    ending with `step` (the ada_interval steps step - I + 1 .. step): D main at every step,
+    R1 at the steps divisible by r1_interval (the schedule of `TrainStep.phases_at`).
+
+    Every phase sees the same B reals, so sum / count is the mean over all reported
+    signs, NVIDIA's `ada_stats['Loss/signs/real']`.
+    """
+    t = self.t
+    interval = int(t.ada_interval)
+    count = jnp.int32(interval)
+    if float(t.r1_gamma) > 0:
+      r1 = int(t.r1_interval)
+      # Multiples of r1 in (step - I, step]; floor division is exact for negatives too.
+      count = count + (jnp.floor_divide(step, r1) - jnp.floor_divide(step - interval, r1))
+    return count
 
   def finish(self, state: TrainState) -> tuple[TrainState, Metrics]:
     """G EMA with ramp-up, ADA's p adjustment, step += 1."""
@@ -257,18 +300,18 @@ class PhaseFns:
     batch_size = int(t.batch_size)
     cur_nimg = state.step.astype(jnp.float32) * batch_size
     ema_nimg = jnp.float32(float(t.ema_kimg) * 1000.0)
-    if t.ema_rampup is not None:
-      ema_nimg = jnp.minimum(ema_nimg, cur_nimg * float(t.ema_rampup))
+    if t.ema_rampup_effective is not None:
+      ema_nimg = jnp.minimum(ema_nimg, cur_nimg * float(t.ema_rampup_effective))
     beta = 0.5 ** (batch_size / jnp.maximum(ema_nimg, 1e-8))
     g_ema = jax.tree.map(lambda p, e: p + (e - p) * beta, state.g_params, state.g_ema_params)
     step = state.step + 1
     augment_p, ada_sign_sum = state.augment_p, state.ada_sign_sum
-    if t.augment == "ada":
+    if t.adaptive_augment:
       interval = int(t.ada_interval)
       due = (step % interval) == 0
-      adjusted = augment_lib.ada_adjust(augment_p, ada_sign_sum / interval,
-                                        float(t.ada_target), batch_size, interval,
-                                        float(t.ada_kimg))
+      sign_mean = ada_sign_sum / self.ada_sign_phases(state.step).astype(jnp.float32)
+      adjusted = augment_pipe.adjust_p(augment_p, sign_mean, batch_size, interval,
+                                       float(t.ada_kimg), float(t.ada_target))
       augment_p = jnp.where(due, adjusted, augment_p)
       ada_sign_sum = jnp.where(due, 0.0, ada_sign_sum)
     state = state.replace(step=step, g_ema_params=g_ema, augment_p=augment_p,

@@ -34,7 +34,8 @@ its weight by 1/sqrt(c_dim), so the stored class rows are multiplied by sqrt((K 
 and class-conditional outputs are unchanged. The new row (`config.train.init_empty`) is
 'mean', the mean of the class rows (the embedding of the average one-hot label, a warm start
 for the joint distribution), or 'init', this run's freshly initialised row. Optimizer
-states, pl_mean, augment p and the step start fresh.
+states, pl_mean, augment p and the step start fresh; the G EMA starts from the pre-trained
+G_ema and runs without ramp-up (`TrainHParams.ema_rampup_effective`, NVIDIA's --resume rule).
 """
 
 from __future__ import annotations

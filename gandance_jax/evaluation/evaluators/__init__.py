@@ -28,6 +28,7 @@ from gandance_jax import checkpoint, guidance, multihost
 from gandance_jax.evaluation import features as features_lib
 from gandance_jax.evaluation.evaluators import classifier, common, fid, precision_recall
 from gandance_jax.evaluation.evaluators.common import EvalData, EvalSpec, Samples
+from gandance_jax.networks.base import NOISE_MODES
 
 REGISTRY: dict[str, type[common.Evaluator]] = {
     "fid": fid.Evaluator,
@@ -66,6 +67,10 @@ def parse_spec(name: str, cfg: Any) -> EvalSpec:
     raise err(name, "final", spec.final, "must be True or False")
   if not isinstance(spec.batch_size, int) or spec.batch_size <= 0:
     raise err(name, "batch_size", spec.batch_size, "must be an integer > 0")
+  if spec.labels not in common.LABEL_PROTOCOLS:
+    raise err(name, "labels", spec.labels, f"allowed values are {list(common.LABEL_PROTOCOLS)}")
+  if spec.noise_mode not in NOISE_MODES:
+    raise err(name, "noise_mode", spec.noise_mode, f"allowed values are {list(NOISE_MODES)}")
   if spec.extractor == "inception" and spec.convention not in features_lib.CONVENTIONS:
     raise err(name, "convention", spec.convention,
               f"allowed values are {list(features_lib.CONVENTIONS)}")
@@ -99,15 +104,21 @@ class Suite:
 
   def run(self, G: Any, g_vars: Any, step: int, specs: Iterable[EvalSpec], *,
           writer: Any = None, metrics_path: str | None = None) -> dict[str, float]:
-    """Runs `specs` on `g_vars`, logs them, writes them (process 0) and returns them."""
+    """Runs `specs` on `g_vars`, logs them, writes them (process 0) and returns them.
+
+    metrics.jsonl also gets each evaluator's sampling protocol (`common.protocol`) as a
+    string under 'protocol/<name>', so numbers of different protocols are never mixed up.
+    """
     metrics: dict[str, float] = {}
+    protocols: dict[str, str] = {}
     for spec in specs:
       values = dict(make(spec, G, self.data).run(g_vars))
-      logging.info("step %d %s: %s", step, spec.name, values)
+      protocols[f"protocol/{spec.name}"] = common.protocol(spec)
+      logging.info("step %d %s (%s): %s", step, spec.name, common.protocol(spec), values)
       metrics.update(values)
     if metrics and multihost.is_main():
       if writer is not None:
         writer.write_scalars(step, metrics)
       checkpoint.append_metrics(metrics_path or checkpoint.metrics_path(self.data.workdir),
-                                {"step": int(step), **metrics})
+                                {"step": int(step), **metrics, **protocols})
     return metrics

@@ -7,6 +7,12 @@ sampling, featurisation, reference statistics and multi-process merging are here
 ``Evaluator(spec, G, data).run(g_vars)`` yields ``(name, value)`` pairs, one per metric and
 guidance scale, keyed ``<spec name>/<metric>@<scale>`` (e.g. ``fid1k/fid@1.2``).
 
+Sampling protocol (`protocol(spec)`, recorded beside the numbers in metrics.jsonl): by
+default NVIDIA's metric protocol, per-sample random noise (``noise_mode='random'``) and
+labels drawn i.i.d. from the training data's class frequencies (``labels='dataset'``, as
+metric_utils draws ``dataset.get_label(random index)``); ``labels='balanced'`` gives ADM's
+uniform classes (sample i has class i % num_classes), the protocol before this option.
+
 Several processes: every process must run the same evaluators. Each generates and
 featurises its contiguous share of the N samples (and of the real images of a computed
 reference) on its own devices; the FID statistics are merged and the logits gathered across
@@ -17,6 +23,7 @@ would.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Iterator, Mapping
 
@@ -47,7 +54,8 @@ class EvalSpec:
   mode: str = "learned"              # guidance mode for scales != 1
   num_opposite: int = 0              # |C| for training_free, 0 = all classes
   truncation_psi: float = 1.0
-  noise_mode: str = "const"
+  noise_mode: str = "random"         # NVIDIA's metrics: per-sample random noise
+  labels: str = "dataset"            # 'dataset' (class frequencies) or 'balanced' (i % C)
   every_steps: int = 0               # 0 = not during training (see `final`)
   final: bool = True                 # also run at the end of training
   reference: str = ""                # statistics / ADM reference batch .npz; '' = from data
@@ -62,8 +70,34 @@ def spec_error(name: str, field: str, value: Any, why: str) -> ValueError:
   return ValueError(f"config.evals.{name}.{field} = {value!r} is invalid: {why}")
 
 
+LABEL_PROTOCOLS = ("dataset", "balanced")
+
+
 def metric_key(spec: EvalSpec, metric: str, scale: float) -> str:
   return f"{spec.name}/{metric}@{scale:g}"
+
+
+def protocol(spec: EvalSpec) -> str:
+  """How the samples behind `spec`'s numbers were drawn, e.g.
+  'labels=dataset noise=random psi=1 mode=learned n=1000 seed=0': numbers are comparable
+  only between equal protocols (metrics.jsonl stores it under 'protocol/<spec name>')."""
+  return (f"labels={spec.labels} noise={spec.noise_mode} psi={spec.truncation_psi:g} "
+          f"mode={spec.mode} n={spec.num_samples} seed={spec.seed}")
+
+
+def sample_labels(spec: EvalSpec, num_classes: int,
+                  class_probabilities: np.ndarray | None = None) -> np.ndarray:
+  """int32 [num_samples] conditioning labels of `spec`'s generated samples.
+
+  'balanced': i % num_classes. 'dataset': i.i.d. draws from `class_probabilities` [C]
+  (None: uniform) with a generator seeded by spec.seed, the same on every process.
+  """
+  if spec.labels == "balanced":
+    return (np.arange(spec.num_samples) % num_classes).astype(np.int32)
+  probs = (np.full(num_classes, 1.0 / num_classes) if class_probabilities is None
+           else np.asarray(class_probabilities, np.float64))
+  rng = np.random.default_rng([spec.seed, 0x6c61626c])   # own stream: 'labl'
+  return rng.choice(num_classes, size=spec.num_samples, p=probs).astype(np.int32)
 
 
 def _concat(parts: list[np.ndarray], dim: int) -> np.ndarray:
@@ -97,6 +131,22 @@ class EvalData:
     self.data = dict(data)
     self._extractors: dict[tuple[str, str, str], features_lib.FeatureExtractor] = {}
     self._references: dict[tuple[str, str], tuple[fid_lib.FIDStatistics, np.ndarray | None]] = {}
+    self._class_probabilities: dict[int, np.ndarray | None] = {}
+
+  def class_probabilities(self, num_classes: int) -> np.ndarray | None:
+    """[num_classes] class frequencies of the training data, or None (uniform) for a
+    source that does not hold its labels in memory (tfds: CIFAR-10 is exactly uniform)."""
+    if num_classes not in self._class_probabilities:
+      labels = getattr(make_source(self.data), "labels", None)
+      probs = None
+      if labels is not None and len(labels):
+        counts = np.bincount(np.asarray(labels), minlength=num_classes)[:num_classes]
+        probs = counts / counts.sum()
+      else:
+        logging.info("evaluation labels: data %r does not list its labels; drawing classes "
+                     "uniformly", self.data.get("name"))
+      self._class_probabilities[num_classes] = probs
+    return self._class_probabilities[num_classes]
 
   def extractor(self, spec: EvalSpec) -> features_lib.FeatureExtractor:
     key = (spec.extractor, spec.convention, spec.inception_weights)
@@ -196,7 +246,8 @@ class EvalData:
     devices (sample i always uses global index i, so the images do not depend on the
     process count); the FID statistics are then reduced across processes and the logits
     (and the features, if asked for) gathered, so every process returns the same values.
-    Generated labels are balanced: sample i has class ``i % num_classes``.
+    Generated labels follow ``spec.labels`` (`sample_labels`): the training data's class
+    frequencies ('dataset') or sample i of class ``i % num_classes`` ('balanced').
     """
     # Scale 1 runs the unguided program (make_sampler decides, guidance.is_unguided).
     sampler = sampler_lib.make_sampler(
@@ -204,7 +255,8 @@ class EvalData:
         num_opposite=spec.num_opposite if spec.mode == "training_free" else 0,
         truncation_psi=spec.truncation_psi, noise_mode=spec.noise_mode,
         devices=jax.local_devices())
-    labels = (np.arange(spec.num_samples) % G.num_classes).astype(np.int32)
+    labels = sample_labels(spec, G.num_classes, None if spec.labels == "balanced" else
+                           self.class_probabilities(G.num_classes))
     start, stop = multihost.process_share(spec.num_samples)
     key = jax.random.key(spec.seed)
     ext = self.extractor(spec)
