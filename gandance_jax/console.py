@@ -73,7 +73,10 @@ def is_main_process() -> bool:
 def say(message: str = "") -> None:
   """Lines for the person at the terminal (stdout, process 0 only); also in log.txt."""
   if is_main_process():
-    print(message, flush=True)
+    if _state["bar"] is not None:
+      _state["bar"].write(message, file=sys.stdout)  # above the bar, not through it
+    else:
+      print(message, flush=True)
     if _state["file_handler"] is not None and message:
       # Not through the root logger: with --verbosity=1 the terminal would show it twice.
       _state["file_handler"].handle(logging.LogRecord(
@@ -96,7 +99,8 @@ class _TerminalFilter(logging.Filter):
     return record.levelno >= (logging.WARNING if ours else logging.ERROR)
 
 
-_state: dict[str, Any] = {"file_handler": None, "filter": None}
+_state: dict[str, Any] = {"file_handler": None, "filter": None, "stream_handler": None,
+                          "bar": None}
 
 
 def setup(workdir: str | None, verbose: bool | None = None) -> str | None:
@@ -113,6 +117,13 @@ def setup(workdir: str | None, verbose: bool | None = None) -> str | None:
   teardown()
   logging.captureWarnings(True)
   handler = absl_logging.get_absl_handler()
+  if handler not in root.handlers:
+    # A tool that does not start through absl.app (launch/sweep.py): a terminal handler of
+    # its own, so that warnings still show while INFO goes to the file.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(absl_logging.PythonFormatter())
+    root.addHandler(handler)
+    _state["stream_handler"] = handler
   if not verbose:
     _state["filter"] = _TerminalFilter()
     handler.addFilter(_state["filter"])
@@ -134,16 +145,24 @@ def setup(workdir: str | None, verbose: bool | None = None) -> str | None:
   return path
 
 
+def terminal_handler() -> logging.Handler:
+  """The handler that writes log records to the terminal (absl's, or setup's own)."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  return _state["stream_handler"] or absl_logging.get_absl_handler()
+
+
 def teardown() -> None:
   """Undoes `setup` (closes log.txt, removes the terminal filter)."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   if _state["file_handler"] is not None:
     logging.getLogger().removeHandler(_state["file_handler"])
     _state["file_handler"].close()
     _state["file_handler"] = None
   if _state["filter"] is not None:
-    absl_logging.get_absl_handler().removeFilter(_state["filter"])
+    terminal_handler().removeFilter(_state["filter"])
     _state["filter"] = None
+  if _state["stream_handler"] is not None:
+    logging.getLogger().removeHandler(_state["stream_handler"])
+    _state["stream_handler"] = None
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -248,6 +267,7 @@ class Progress:
       import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm.tqdm(total=self.total, initial=self.step, unit="step",
                             dynamic_ncols=True, file=sys.stderr)
+      _state["bar"] = self._bar
 
   def update(self, step: int) -> None:
     if self._bar is not None:
@@ -274,3 +294,4 @@ class Progress:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+      _state["bar"] = None

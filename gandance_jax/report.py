@@ -187,7 +187,16 @@ def metrics_html(metrics: Mapping[str, float]) -> str:
     return "<p class='muted'>No evaluation yet.</p>"
   best = best_scales(scales, columns, table)
   primary = primary_column(columns)
-  head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+  # Two header rows: the evaluator over its metrics, then the metric names.
+  groups: list[list[Any]] = []
+  for c in columns:
+    group, _, metric = c.rpartition("/")
+    if groups and groups[-1][0] == group:
+      groups[-1][1] += 1
+    else:
+      groups.append([group, 1])
+  top = "".join(f"<th colspan='{n}'>{html.escape(g)}</th>" for g, n in groups)
+  head = "".join(f"<th>{html.escape(c.rpartition('/')[2])}</th>" for c in columns)
   rows = []
   for s in scales:
     marked = primary is not None and best.get(primary) == s
@@ -199,8 +208,12 @@ def metrics_html(metrics: Mapping[str, float]) -> str:
     mark = f"best ({html.escape(primary)})" if marked else ""
     rows.append(f'<tr class="scale-row{" best-row" if marked else ""}" data-scale="{s:g}">'
                 f"<td>{s:g}</td>{''.join(cells)}<td>{mark}</td></tr>")
-  return (f'<table id="metrics"><tr><th>scale</th>{head}<th></th></tr>\n'
-          + "\n".join(rows) + "</table>\n<p class='muted'>Bold: the best scale of each "
+  top_row = (f"<tr><th rowspan='2'>scale</th>{top}<th rowspan='2'></th></tr>"
+             if any(g for g, _ in groups) else "")
+  head_row = (f"<tr>{head}</tr>" if top_row else
+              f"<tr><th>scale</th>{head}<th></th></tr>")
+  return (f"<div style='overflow-x: auto'><table id=\"metrics\">{top_row}{head_row}\n"
+          + "\n".join(rows) + "</table></div>\n<p class='muted'>Bold: the best scale of each "
           "metric (lowest FID, highest otherwise).</p>")
 
 

@@ -18,6 +18,7 @@ from gandance_jax import images
 from gandance_jax import report
 from gandance_jax.train import curves
 from tests import _mp_common
+from tests.conftest import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 SCALES = (1.0, 1.1, 1.2, 1.3)
@@ -75,10 +76,9 @@ def test_verbose_flags_restore_the_full_terminal_log():
 
 
 def test_setup_sends_library_info_to_log_txt_only(tmp_path):
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   path = console.setup(str(tmp_path), verbose=False)
   try:
-    handler = absl_logging.get_absl_handler()
+    handler = console.terminal_handler()
 
     def record(level, pathname):
       return logging.LogRecord("absl", level, pathname, 1, "m", None, None)
@@ -224,3 +224,22 @@ def test_main_job_terminal_fits_one_screen(main_job):
   log = (workdir / "log.txt").read_text()
   assert "checkpoint" in log.lower()  # the library lines went to the log instead
   assert (workdir / "report.html").exists() and (workdir / "config_source.json").exists()
+
+
+def test_sweep_report_has_one_table_per_grid_and_the_plots(tmp_path):
+  from launch import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  rows = [dict(grid="table1_learned", run="p0.1", mode="learned", num_opposite=0, scale=s,
+               schedule=None, psi=1.0, step=10, fid=30 - s, classifier_score=s)
+          for s in (1.0, 1.3)]
+  rows.append(dict(rows[0], grid="layerwise", scale=None, schedule="coarse"))
+  (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  try:
+    sweep_file = REPO_ROOT / "configs" / "sweeps" / "digits_mini.py"
+    assert sweep_lib.main([f"--sweep={sweep_file}", f"--outdir={tmp_path}",
+                           "--report_only"]) == 0
+  finally:
+    console.teardown()
+  page = (tmp_path / "report.html").read_text()
+  assert page.count("<table>") == 2 and "table1_learned" in page and "layerwise" in page
+  # fid_vs_scale, classifier_vs_scale and layerwise plots, embedded.
+  assert page.count('<img src="data:image/png;base64,') == 3

@@ -28,7 +28,10 @@ _PANELS = (
     ("losses", lambda k: k.startswith("loss/")),
     ("D scores", lambda k: k.startswith("scores/") or k.startswith("signs/")),
     ("augment p", lambda k: k == "augment_p"),
-    ("class accuracy of G EMA samples", lambda k: k.startswith("class_accuracy")),
+    # The accuracy only: the evaluator's classifier score and mean p(c|x) have other
+    # ranges and get panels of their own below.
+    ("class accuracy of G EMA samples",
+     lambda k: k.startswith("class_accuracy") and k.split("@")[0].endswith("class_accuracy")),
 )
 
 
@@ -131,10 +134,13 @@ def plot(workdir: str, out: str | None = None) -> str:
   rows = -(-count // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
   for ax, (title, keys) in zip(axes.ravel(), panels):
+    one_metric = len({k.split("@")[0] for k in keys}) == 1
     for key in keys:
       steps = sorted(series[key])
-      label = key.split("@")[1] if "@" in key else key
-      label = f"scale {label}" if "@" in key else label
+      if "@" in key and one_metric:  # lines differ by the guidance scale only
+        label = f"scale {key.split('@')[1]}"
+      else:
+        label = key.replace("@", " @ scale ") if "@" in key else key
       ax.plot(steps, [series[key][s] for s in steps], marker="o" if len(steps) < 30 else None,
               markersize=3, label=label)
     ax.set_title(title)
