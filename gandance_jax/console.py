@@ -1,7 +1,7 @@
 """What a person sees on the terminal; everything else goes to `<workdir>/log.txt`.
 
 Layer 0 (imports nothing of the project). The terminal gets a header, a progress bar (or,
-when stderr is not a terminal, one line every tenth of the run), one line per evaluation and
+when stderr is not a terminal, one line every eighth of the run), one line per evaluation and
 a closing summary, all printed by process 0 only. Library INFO lines (Orbax, absl, JAX,
 clu's logging writer) and this project's own INFO lines go to `<workdir>/log.txt`; warnings
 of this project and errors of any library still reach the terminal.
@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 LOG_FILE = "log.txt"
 # Progress mode: 'auto' (a bar on a terminal, else lines), 'bar', 'lines' or 'none'.
 PROGRESS_ENV = "GANDANCE_PROGRESS"
-# Non-terminal progress: about this many lines per run.
-PROGRESS_LINES = 10
+# Non-terminal progress: about this many lines per run (the main job fits in 40 lines).
+PROGRESS_LINES = 8
 
 _VERBOSE_FLAGS = ("--logtostderr", "--alsologtostderr")
 
@@ -249,7 +249,7 @@ class Progress:
   """Training progress with the latest losses and it/s.
 
   'bar': a tqdm bar on stderr. 'lines': one line on stdout each time about a tenth of the
-  run has passed (at the next `metrics` call), and at the end. Only process 0 shows it.
+  run has passed (PROGRESS_LINES; at the next `metrics` call), and at the end. Only process 0 shows it.
   """
 
   def __init__(self, total: int, initial: int = 0, mode: str | None = None,

@@ -98,16 +98,17 @@ def test_setup_sends_library_info_to_log_txt_only(tmp_path):
   assert handler.filter(record(logging.INFO, library))  # teardown removed the filter
 
 
-def test_progress_lines_show_losses_and_rate_about_ten_times(capsys):
+def test_progress_lines_show_losses_and_rate_a_few_times(capsys):
   progress = console.Progress(total=95, mode="lines", enabled=True)
   for step in range(1, 96):
     progress.update(step)
     progress.metrics(step, {"loss/G": 0.5, "loss/D": 1.25, "loss/D_reg": 0.1, "kimg": 1.0})
   progress.close()
   lines = capsys.readouterr().out.splitlines()
-  # One line per ceil(95 / 10) = 10 steps, and one at the end.
-  assert len(lines) == 10
-  assert lines[0].startswith("step 10/95") and lines[-1].startswith("step 95/95 100%")
+  # One line every ceil(95 / PROGRESS_LINES) steps, and one at the end.
+  every = -(-95 // console.PROGRESS_LINES)
+  assert len(lines) == 95 // every + (95 % every > 0) <= console.PROGRESS_LINES
+  assert lines[0].startswith(f"step {every}/95") and lines[-1].startswith("step 95/95 100%")
   assert "loss/G 0.500" in lines[0] and "loss/D 1.250" in lines[0] and "it/s" in lines[0]
   assert "D_reg" not in lines[0]
 
