@@ -207,7 +207,7 @@ def main_job(tmp_path_factory):  # ~1-4 min on 2 cores: only the slow test uses 
   """One `--mode=all` run of the tiny digits config, its terminal output not a TTY."""
   workdir = tmp_path_factory.mktemp("newcomer") / "run"
   cache = tmp_path_factory.mktemp("newcomer_cache")
-  proc = _mp_common.run_main(workdir, cache, "--mode=all", timeout=600)
+  proc = _mp_common.run_main(workdir, cache, "--mode=all", timeout=600, full_log=False)
   return workdir, proc
 
 

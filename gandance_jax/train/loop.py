@@ -362,12 +362,17 @@ def train(hp: HParams, workdir: str) -> state_lib.TrainState:
   source = data_lib.make_source(hp.data)
   check_source(hp, source)
   batch_size, num_steps = hp.train.batch_size, total_steps(hp.train)
+  logging.info("Training %s: %d steps of %d images on %d devices (%d processes); workdir %s",
+               hp.data["name"], num_steps, batch_size, mesh.devices.size,
+               jax.process_count(), workdir)
 
   # --- 2. Models, optimizers, jitted phases; 3. the state: resumed, warm or fresh. ------
   built = build(hp, mesh)
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=hp.keep_checkpoints)
   state, step, resumed = _initial_state(hp, built, ckpt, replicated)
   num_params = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  logging.info("G: %d params, D: %d params, num_ws %d", num_params(state.g_params),
+               num_params(state.d_params), built.G.num_ws)
   console.say(console.train_header(
       data=f"{hp.data['name']} {source.resolution}x{source.resolution}x{source.channels}, "
            f"{source.num_classes} classes",
