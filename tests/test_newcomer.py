@@ -179,6 +179,19 @@ def test_report_cli(tmp_path, capsys, synthetic_workdir):
   assert os.path.exists(os.path.join(workdir, "report.html"))
 
 
+def test_closing_summary_names_the_files_and_the_next_commands(synthetic_workdir, capsys):
+  report.finish(synthetic_workdir, "all",
+                ["--config=configs/digits.py", f"--workdir={synthetic_workdir}", "--mode=all"])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == f"done (all). In {synthetic_workdir}:"
+  assert lines[1].split()[0] == "report.html"  # the report first
+  listed = [line.split()[0] for line in lines[1:-2]]
+  assert {"samples/step_20/grid_learned.png", "samples/step_20/interp_learned_s1.3.png",
+          "curves.png", "grid_final.png", "log.txt"} <= set(listed)
+  assert lines[-1].strip() == ("python -m gandance_jax.main --config=configs/digits.py "
+                               f"--workdir={synthetic_workdir} --mode=sample")
+
+
 def test_report_opens_in_a_headless_browser_with_every_image(synthetic_workdir):
   if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; .ci/run installs it "
