@@ -9,9 +9,10 @@ of this project and errors of any library still reach the terminal.
   --verbosity=1, --logtostderr or --alsologtostderr (the usual absl flags) restore the full
   log on the terminal (log.txt is written either way).
 
-Importing this module sets quiet defaults for TensorFlow's C++ start-up lines (oneDNN, CPU
-instruction notices), which must be in the environment before TensorFlow is imported; an
-explicit value in the environment, or one of the flags above on the command line, wins.
+Importing this module sets a quiet default for TensorFlow's C++ start-up lines (oneDNN, CPU
+instruction notices: TF_CPP_MIN_LOG_LEVEL=2), which must be in the environment before
+TensorFlow is imported; an explicit value in the environment, or one of the flags above on
+the command line, wins.
 """
 
 from __future__ import annotations
@@ -50,10 +51,9 @@ def verbose_argv(argv: Sequence[str] | None = None) -> bool:
 def _quiet_environment() -> None:
   if verbose_argv():
     return
-  # 2: TensorFlow's C++ INFO and WARNING lines off (errors stay).
+  # 2: TensorFlow's C++ INFO and WARNING lines off (the CPU-instruction and oneDNN notices);
+  # errors stay. oneDNN itself is left as it is (turning it off would change TF's numerics).
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  # The oneDNN notice ("oneDNN custom operations are on ...") is printed even at level 1.
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 _quiet_environment()
