@@ -188,23 +188,35 @@ def metrics_by_scale(metrics: Mapping[str, float]
                      ) -> tuple[list[float], list[str], dict[float, dict[str, float]]]:
   """Evaluation metrics '<eval>/<metric>@<scale>' -> (scales, columns, {scale: {col: v}}).
 
-  A column is '<metric>' when one evaluator reports it, '<eval>/<metric>' when several do.
+  A column that repeats another one (the same values at a subset of its scales, e.g. the
+  end-of-training classifier evaluator at scale 1 beside the FID evaluator's classifier
+  metrics over all scales) is left out. A column is '<metric>' when one evaluator reports
+  it, '<eval>/<metric>' when several do.
   """
-  owners: dict[str, set[str]] = {}
-  for key in metrics:
-    group, metric, scale = split_metric(key)
-    if scale is not None:
-      owners.setdefault(metric, set()).add(group)
-  table: dict[float, dict[str, float]] = {}
-  columns: list[str] = []
+  full: dict[str, dict[float, float]] = {}
   for key, value in metrics.items():
     group, metric, scale = split_metric(key)
     if scale is None or not isinstance(value, (int, float)):
       continue
-    column = metric if len(owners[metric]) == 1 else f"{group}/{metric}"
-    if column not in columns:
-      columns.append(column)
-    table.setdefault(scale, {})[column] = float(value)
+    full.setdefault(f"{group}/{metric}" if group else metric, {})[scale] = float(value)
+  names = list(full)
+  kept = []
+  for i, name in enumerate(names):
+    values = full[name]
+    repeats = any(
+        other != name and set(values) <= set(full[other])
+        and all(full[other][s] == v for s, v in values.items())
+        and (len(full[other]) > len(values) or names.index(other) < i)
+        for other in names)
+    if not repeats:
+      kept.append(name)
+  metric_of = {name: name.rpartition("/")[2] for name in kept}
+  count = {m: list(metric_of.values()).count(m) for m in metric_of.values()}
+  columns = [metric_of[n] if count[metric_of[n]] == 1 else n for n in kept]
+  table: dict[float, dict[str, float]] = {}
+  for name, column in zip(kept, columns):
+    for scale, value in full[name].items():
+      table.setdefault(scale, {})[column] = value
   return sorted(table), columns, table
 
 

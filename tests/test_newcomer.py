@@ -257,3 +257,16 @@ def test_sweep_report_has_one_table_per_grid_and_the_plots(tmp_path):
   assert page.count("<table>") == 2 and "table1_learned" in page and "layerwise" in page
   # fid_vs_scale, classifier_vs_scale and layerwise plots, embedded.
   assert page.count('<img src="data:image/png;base64,') == 3
+
+
+def test_metrics_table_leaves_out_a_column_that_repeats_another():
+  # The end-of-training classifier evaluator at scale 1 measures the same samples as the FID
+  # evaluator's classifier metrics at scale 1: one column, under the bare metric name.
+  metrics = {"class_accuracy/class_accuracy@1": 0.9, "fid/fid@1": 12.0, "fid/fid@1.3": 18.0,
+             "fid/class_accuracy@1": 0.9, "fid/class_accuracy@1.3": 0.95}
+  scales, columns, table = console.metrics_by_scale(metrics)
+  assert scales == [1.0, 1.3] and columns == ["fid", "class_accuracy"]
+  assert table[1.3] == {"fid": 18.0, "class_accuracy": 0.95}
+  metrics["class_accuracy/class_accuracy@1"] = 0.8  # different values: both kept, qualified
+  assert console.metrics_by_scale(metrics)[1] == [
+      "class_accuracy/class_accuracy", "fid", "fid/class_accuracy"]
