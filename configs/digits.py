@@ -42,8 +42,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.sample_every_steps = 500
   config.sample.update(dict(num_samples=1000, batch_size=250))
   # 100 samples per class, guidance scale 1 (plain conditional), every 250 steps and at the
-  # end, so the curves show a trend (each evaluation costs about a second of sampling and the
-  # digits CNN).
+  # end, so the curves show a trend. Measured side by side with the end-only version (both
+  # --mode=all on one loaded 2-core machine): 2001 s vs 1937 s wall, +3%; the same final
+  # class accuracy (0.888: the evaluations do not touch the training state or its keys).
   config.evals.class_accuracy = dict(
       type="classifier", extractor="digits", num_samples=1000, guidance_scales=(1.0,),
       mode="none", every_steps=250, final=True, batch_size=250)
