@@ -122,7 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
       npz_scales=(1.3,),         # One .npz of num_samples images per guidance scale.
       layer_scales="",           # Layer-wise schedule 'res:scale,...' (e.g. '4:1.5,8:1.5,16:1.5,
                                  # 32:1.1,64:1'); if set, replaces npz_scales / interp_scale.
-      classes=(),                # Class ids of the grid rows; () = 8 classes spread over all.
+      classes=(),                # Class ids of the grid rows; () = all (> 16: 16 spread evenly).
       grid_rows_per_class=1,     # Rows (z's) per class in the grids.
       interp_pairs=(),           # ((a, b), ...) interpolation ends; () = consecutive classes.
       interp_steps=8,            # Images per interpolation strip (Fig. S3).

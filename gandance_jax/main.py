@@ -25,7 +25,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gandance_jax import config_lib
+from gandance_jax import console  # first: quiets TensorFlow's start-up before it is imported
 from gandance_jax import interop
+from gandance_jax import report
 from gandance_jax import sample_cli
 from gandance_jax.evaluation import cli
 from gandance_jax.train import loop
@@ -63,6 +65,8 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
 
+  # The terminal shows what a person reads; library logs go to <workdir>/log.txt.
+  console.setup(FLAGS.workdir)
   # Multi-process start-up must come before any JAX computation.
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
@@ -88,6 +92,7 @@ def main(argv: list[str]) -> int:
   except config_lib.ConfigError as e:
     logging.error("%s", e)
     return 2
+  report.record_config_source(FLAGS.workdir, FLAGS["config"])
   logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
 
@@ -111,6 +116,7 @@ def main(argv: list[str]) -> int:
     # A bad --network file or a sample option its generator cannot do: one clear line.
     logging.error("%s", e)
     return 2
+  report.finish(FLAGS.workdir, FLAGS.mode)
   return 0
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 
 from gandance_jax import checkpoint
-from gandance_jax import config_lib, guidance, images, multihost
+from gandance_jax import config_lib, console, guidance, images, multihost
 from gandance_jax.interop import network_file
 from gandance_jax.networks import base
 from gandance_jax import sampler as sampler_lib
@@ -85,9 +85,10 @@ def write_npz_stream(path: str, chunks: Iterable[np.ndarray], shape: tuple[int, 
   return path
 
 
-def _default_classes(num_classes: int, count: int = 8) -> list[int]:
-  return sorted(set(np.linspace(0, num_classes - 1, min(count, num_classes)).round()
-                    .astype(int).tolist()))
+def _default_classes(num_classes: int) -> list[int]:
+  # Every class up to images.MAX_GRID_CLASSES rows, else that many spread evenly (the
+  # grid's caption says which).
+  return images.grid_classes(num_classes)
 
 
 def _tag(scale: float | None) -> str:
@@ -160,7 +161,14 @@ def run_with_generator(G: base.ConditionalGenerator, variables: Any, sample_conf
     grid = np.stack(columns, axis=1).reshape((-1,) + columns[0].shape[1:])
     path = os.path.join(outdir, f"grid_{mode}.png")
     if multihost.is_main():
-      images.save_grid(path, grid, rows=len(row_labels), cols=len(scales))
+      shown = images.classes_caption(classes, G.num_classes)
+      columns = ", ".join(f"{x:g}" for x in scales)
+      images.save_grid(
+          path, grid, rows=len(row_labels), cols=len(scales),
+          row_labels=[str(c) for c in row_labels], col_labels=[f"{x:g}" for x in scales],
+          caption=(f"GANdance {mode} guidance: rows {shown} (class id on the left, "
+                   f"{s.grid_rows_per_class} z per class); columns: guidance scales "
+                   f"{columns} (on top); the same z along a row"))
     outputs["grid"].append(path)
     logging.info("wrote %s (rows: classes %s, columns: scales %s)", path, classes, scales)
 
@@ -181,7 +189,11 @@ def run_with_generator(G: base.ConditionalGenerator, variables: Any, sample_conf
       tag = _tag(None if schedule is not None else (1.0 if mode == "none" else s.interp_scale))
       path = os.path.join(outdir, f"interp_{mode}_{tag}.png")
       if multihost.is_main():
-        images.save_grid(path, strip, rows=len(pairs), cols=s.interp_steps)
+        images.save_grid(
+            path, strip, rows=len(pairs), cols=s.interp_steps,
+            row_labels=[f"{a}-{b}" for a, b in pairs],
+            caption=(f"class interpolation at {tag}: per row a -> b (left), "
+                     f"{s.interp_steps} steps at a fixed z"))
       outputs["interp"].append(path)
       logging.info("wrote %s (pairs %s)", path, pairs)
 
@@ -238,4 +250,8 @@ def run(config: Any, workdir: str, which: str = "latest", network: str = ""
     devices = devices[:mesh_data]
   outdir = config.sample.outdir or os.path.join(workdir, "samples", tag)
   logging.info("sampling from %s into %s", source, outdir)
-  return run_with_generator(G, variables, config.sample, outdir, devices=devices)
+  outputs = run_with_generator(G, variables, config.sample, outdir, devices=devices)
+  if multihost.is_main():
+    console.say(f"samples of {source}: {outdir}/ ({len(outputs['grid'])} grid, "
+                f"{len(outputs['interp'])} interpolation strip, {len(outputs['npz'])} .npz)")
+  return outputs

@@ -15,9 +15,11 @@ A sweep file defines `get_config(arg)` returning a namespace (or dict) with
                 psi=[...], schedules={name: '4:1.5,8:1.5,16:1.0'})}
 Every cell (grid, run, mode, |C|, scale or schedule, psi) is evaluated once: results are
 appended to <outdir>/results.jsonl as they finish and a rerun skips the cells already there.
-Outputs: results.csv, results.md (one table per grid) and PNG plots:
+Outputs: report.html (the tables and plots below in one self-contained page), results.csv,
+results.md (one table per grid) and PNG plots:
   fid_vs_scale.png (Table 1: FID vs scale per |C| and learned), fid_vs_psi.png (Table 3),
   fid_vs_p.png (Fig. 6), layerwise.png (Fig. 4), classifier_vs_scale.png (Table S1).
+Library logs go to <outdir>/log.txt; each run's own log to its workdir's log.txt.
 """
 
 from __future__ import annotations
@@ -183,11 +185,28 @@ def _fmt(v: Any) -> str:
   return "" if v is None else str(v)
 
 
+_CELL_COLUMNS = ["grid", "run", "mode", "num_opposite", "scale", "schedule", "psi"]
+
+
+def grid_tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]]]]:
+  """One table per grid: (grid name, header, formatted rows); the cell columns that vary
+  within the grid (and the scale) and every metric present."""
+  metric_cols = [m for m in METRICS if any(m in r for r in rows)]
+  tables = []
+  for grid in dict.fromkeys(r["grid"] for r in rows):
+    sub = [r for r in rows if r["grid"] == grid]
+    show = [c for c in _CELL_COLUMNS[1:]
+            if len({json.dumps(r.get(c)) for r in sub}) > 1 or c == "scale"]
+    tables.append((grid, show + metric_cols,
+                   [[_fmt(r.get(c)) for c in show + metric_cols] for r in sub]))
+  return tables
+
+
 def write_tables(outdir: str, rows: list[dict[str, Any]]) -> None:
   """results.csv (all rows) and results.md (one Markdown table per grid)."""
   if not rows:
     return
-  cols = ["grid", "run", "mode", "num_opposite", "scale", "schedule", "psi"]
+  cols = _CELL_COLUMNS
   metric_cols = [m for m in METRICS if any(m in r for r in rows)]
   with open(os.path.join(outdir, "results.csv"), "w", newline="") as f:
     w = csv.writer(f)
@@ -195,13 +214,9 @@ def write_tables(outdir: str, rows: list[dict[str, Any]]) -> None:
     for r in rows:
       w.writerow([r.get(c) for c in cols + metric_cols + ["step"]])
   lines = []
-  for grid in dict.fromkeys(r["grid"] for r in rows):
-    sub = [r for r in rows if r["grid"] == grid]
-    show = [c for c in cols[1:] if len({json.dumps(r.get(c)) for r in sub}) > 1 or c == "scale"]
-    lines += [f"### {grid}", "", "| " + " | ".join(show + metric_cols) + " |",
-              "|" + "---|" * (len(show) + len(metric_cols))]
-    for r in sub:
-      lines.append("| " + " | ".join(_fmt(r.get(c)) for c in show + metric_cols) + " |")
+  for grid, header, table in grid_tables(rows):
+    lines += [f"### {grid}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table]
     lines.append("")
   with open(os.path.join(outdir, "results.md"), "w") as f:
     f.write("\n".join(lines))
@@ -299,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
   if not hasattr(sweep, "overrides"):
     sweep.overrides = {}
   os.makedirs(args.outdir, exist_ok=True)
+  from gandance_jax import console, report  # pylint: disable=g-import-not-at-top
+  console.setup(args.outdir)
   cells = expand_cells(sweep)
   if args.only:
     keep = set(args.only.split(","))
@@ -313,9 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate_cells(sweep, args.outdir, cells)
   rows = load_results(args.outdir)
   write_tables(args.outdir, rows)
-  for path in write_plots(args.outdir, rows):
-    print(f"[sweep] wrote {path}")
-  print(f"[sweep] wrote {os.path.join(args.outdir, 'results.md')}")
+  plots = write_plots(args.outdir, rows)
+  page = report.write_sweep_report(args.outdir, grid_tables(rows), plots)
+  print(f"[sweep] wrote {page} (open it first), results.md, results.csv and "
+        f"{len(plots)} plots in {args.outdir}")
   return 0
 
 

@@ -74,11 +74,13 @@ def free_port() -> int:
 
 
 def main_command(workdir: str | os.PathLike, cache_dir: str | os.PathLike,
-                 *extra: str, config: str = "configs/digits.py:shrink",
+                 *extra: str, config: str = "configs/digits.py:shrink", full_log: bool = True,
                  **overrides: Any) -> list[str]:
+  # full_log: the whole log on stderr (--alsologtostderr), as the tests that read a run's
+  # INFO lines (resumed, started, preempted) need; the terminal a user sees is full_log=False.
   return [sys.executable, "-m", "gandance_jax.main", f"--config={config}",
           f"--workdir={workdir}", f"--compilation_cache_dir={cache_dir}",
-          *tiny_flags(**overrides), *extra]
+          *tiny_flags(**overrides), *extra, *(["--alsologtostderr"] if full_log else [])]
 
 
 def subprocess_env(num_devices: int = 1) -> dict[str, str]:
@@ -97,8 +99,9 @@ def subprocess_env(num_devices: int = 1) -> dict[str, str]:
 
 
 def run_main(workdir, cache_dir, *extra: str, num_devices: int = 1, timeout: float = 300,
-             **overrides: Any) -> subprocess.CompletedProcess:
-  return subprocess.run(main_command(workdir, cache_dir, *extra, **overrides), cwd=REPO,
+             full_log: bool = True, **overrides: Any) -> subprocess.CompletedProcess:
+  return subprocess.run(main_command(workdir, cache_dir, *extra, full_log=full_log,
+                                     **overrides), cwd=REPO,
                         env=subprocess_env(num_devices), capture_output=True, text=True,
                         timeout=timeout, check=False)
 

@@ -69,6 +69,7 @@ def test_sweep_end_to_end_resumes(tmp_path):
   assert "3 to run" in first.stdout
   assert (out / "results.md").exists() and (out / "results.csv").exists()
   assert (out / "fid_vs_scale.png").exists() and (out / "layerwise.png").exists()
+  assert (out / "report.html").exists() and (out / "log.txt").exists()
   second = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
   assert second.returncode == 0, second.stderr[-3000:]

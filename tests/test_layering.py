@@ -21,6 +21,7 @@ LAYERS = {
     "gandance_jax.multihost": 0,
     "gandance_jax.images": 0,
     "gandance_jax.errors": 0,
+    "gandance_jax.console": 0,   # the terminal and log.txt (imports nothing of the project)
     "gandance_jax.data": 1,
     # The readers of torch files and pickles need numpy only; the NVIDIA/StyleGAN2 bridge
     # builds networks from them (as checkpoint does) and the export CLI is an entry point.
@@ -35,6 +36,9 @@ LAYERS = {
     "gandance_jax.evaluation": 6,
     "gandance_jax.postprocess": 6,
     "gandance_jax.train": 8,
+    # The run report reads a workdir (checkpoint's files, train.curves' plot); the training
+    # loop rewrites it at each evaluation.
+    "gandance_jax.report": 8,
     # The entry points: the config boundary (ConfigDict -> typed hyper-parameters), the
     # sample-file writer, the absl mains.
     "gandance_jax.config_lib": 9,

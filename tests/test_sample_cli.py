@@ -40,14 +40,17 @@ def test_run_with_generator_writes_everything(gen, tmp_path):
   G, v = gen
   s = _sample_config()
   out = sample_cli.run_with_generator(G, v, s, str(tmp_path))
-  # (a) Guidance grid: rows = 2 classes x 2 z's, columns = 2 scales; 16 px upscaled 4x.
+  # (a) Guidance grid: rows = 2 classes x 2 z's, columns = 2 scales; 16 px upscaled 4x, plus
+  # the label margins: 7 px left (3 px class ids, 2 px either side), 9 px on top (5 px
+  # scales, 2 px either side).
   (grid_path,) = out["grid"]
   assert os.path.basename(grid_path) == "grid_training_free.png"
-  assert Image.open(grid_path).size == ((2 * 17 - 1) * 4, (4 * 17 - 1) * 4)
-  # (b) Interpolation strip: one pair (1, 4), 3 steps, at the interpolation scale.
+  assert Image.open(grid_path).size == ((2 * 17 - 1 + 7) * 4, (4 * 17 - 1 + 9) * 4)
+  # (b) Interpolation strip: one pair (1, 4), 3 steps, at the interpolation scale; 15 px on
+  # the left for the label '1-4' (11 px, 2 px either side).
   (interp_path,) = out["interp"]
   assert os.path.basename(interp_path) == "interp_training_free_s1.3.png"
-  assert Image.open(interp_path).size == ((3 * 17 - 1) * 4, 16 * 4)
+  assert Image.open(interp_path).size == ((3 * 17 - 1 + 15) * 4, 16 * 4)
   # (c) One ADM-layout npz per scale, the same labels in each.
   assert [os.path.basename(p) for p in out["npz"]] == [
       "samples_10_training_free_s1.npz", "samples_10_training_free_s1.3.npz"]
@@ -74,7 +77,7 @@ def test_layerwise_and_outputs_selection(gen, tmp_path):
   assert out["grid"] == [] and out["npz"] == []
   (interp_path,) = out["interp"]
   assert os.path.basename(interp_path) == "interp_learned_layerwise.png"
-  assert Image.open(interp_path).size == ((3 * 17 - 1) * 4, (2 * 17 - 1) * 4)
+  assert Image.open(interp_path).size == ((3 * 17 - 1 + 15) * 4, (2 * 17 - 1) * 4)
 
 
 def test_write_npz_stream(tmp_path):

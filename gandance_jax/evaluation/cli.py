@@ -20,6 +20,7 @@ import numpy as np
 
 from gandance_jax import checkpoint
 from gandance_jax import config_lib
+from gandance_jax import console
 from gandance_jax import multihost
 from gandance_jax.data import folder
 from gandance_jax.evaluation import evaluators
@@ -119,7 +120,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, which: str = "latest",
     record = {"eval": True, "step": int(step), **source, **metrics}
   checkpoint.append_metrics(checkpoint.metrics_path(workdir), record)
   if multihost.is_main():
-    for k, v in metrics.items():
-      print(f"{k}: {v:.6g}")
+    # One row per guidance scale (the full precision is in metrics.jsonl).
+    where = path or f"step {record['step']} of {record.get('network', workdir)}"
+    console.say(f"evaluation of {where}:")
+    table = console.metrics_table(metrics)
+    others = {k: v for k, v in metrics.items() if "@" not in k}
+    for line in table:
+      console.say(line)
+    if others or not table:
+      console.say("  " + "  ".join(f"{k} {console.format_value(v)}" for k, v in others.items()))
   logging.info("eval: %s", record)
   return metrics

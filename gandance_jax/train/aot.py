@@ -56,6 +56,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gandance_jax import config_lib
+from gandance_jax import console
 from gandance_jax.train import loop
 from gandance_jax.train import sharding as sharding_lib
 
@@ -363,6 +364,7 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   start = time.perf_counter()
+  console.setup(None)  # JAX/XLA INFO lines off the terminal (--verbosity=1 keeps them)
   num_devices = int(FLAGS.num_devices)
   # Before the first jax call: JAX creates its CPU client (and reads XLA_FLAGS) lazily.
   force_host_devices(num_devices)

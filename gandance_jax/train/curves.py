@@ -1,5 +1,7 @@
 """Training curves of a run as one PNG: losses, D scores, augmentation p, class accuracy and
-in-loop evaluation metrics against the step, read from `<workdir>/metrics.jsonl`.
+in-loop evaluation metrics against the step, read from `<workdir>/metrics.jsonl`; and, on
+their own panels, the metrics evaluated at several guidance scales against the scale, at the
+newest evaluated step (in-loop or `--mode=eval`).
 
   python -m gandance_jax.train.curves runs/c10            # writes runs/c10/curves.png
   python -m gandance_jax.train.curves runs/c10 --out=/tmp/c10.png
@@ -26,7 +28,10 @@ _PANELS = (
     ("losses", lambda k: k.startswith("loss/")),
     ("D scores", lambda k: k.startswith("scores/") or k.startswith("signs/")),
     ("augment p", lambda k: k == "augment_p"),
-    ("class accuracy of G EMA samples", lambda k: k.startswith("class_accuracy")),
+    # The accuracy only: the evaluator's classifier score and mean p(c|x) have other
+    # ranges and get panels of their own below.
+    ("class accuracy of G EMA samples",
+     lambda k: k.startswith("class_accuracy") and k.split("@")[0].endswith("class_accuracy")),
 )
 
 
@@ -56,6 +61,45 @@ def read_metrics(path: str) -> dict[str, dict[int, float]]:
   return series
 
 
+def latest_scale_metrics(path: str) -> tuple[int | None, dict[str, float]]:
+  """(step, {'<eval>/<metric>@<scale>': value}) of the newest evaluated step in the
+  metrics.jsonl at `path` (in-loop and `--mode=eval` records of that step merged, later
+  records win); (None, {}) when there is none."""
+  if not os.path.exists(path):
+    return None, {}
+  by_step: dict[int, dict[str, float]] = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line being written while we read
+      scaled = {k: float(v) for k, v in record.items()
+                if "@" in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v)}
+      if scaled:
+        by_step.setdefault(int(record.get("step", 0)), {}).update(scaled)
+  if not by_step:
+    return None, {}
+  step = max(by_step)
+  return step, by_step[step]
+
+
+def scale_panels(metrics: dict[str, float]) -> list[tuple[str, dict[float, float]]]:
+  """[('<eval>/<metric>', {scale: value})] for the metrics evaluated at 2+ scales."""
+  groups: dict[str, dict[float, float]] = {}
+  for key, value in metrics.items():
+    name, _, scale = key.partition("@")
+    try:
+      groups.setdefault(name, {})[float(scale)] = value
+    except ValueError:
+      continue
+  return [(name, values) for name, values in sorted(groups.items()) if len(values) > 1]
+
+
 def _panels(series: dict[str, dict[int, float]]) -> list[tuple[str, list[str]]]:
   panels = []
   used: set[str] = set()
@@ -80,23 +124,36 @@ def plot(workdir: str, out: str | None = None) -> str:
 
   series = read_metrics(os.path.join(workdir, checkpoint.METRICS_FILE))
   panels = _panels(series)
-  if not panels:
+  scale_step, scale_metrics = latest_scale_metrics(os.path.join(workdir,
+                                                                checkpoint.METRICS_FILE))
+  by_scale = scale_panels(scale_metrics)
+  if not panels and not by_scale:
     raise ValueError(f"{os.path.join(workdir, checkpoint.METRICS_FILE)} has no metrics to plot yet")
-  cols = min(3, len(panels))
-  rows = -(-len(panels) // cols)
+  count = len(panels) + len(by_scale)
+  cols = min(3, count)
+  rows = -(-count // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
   for ax, (title, keys) in zip(axes.ravel(), panels):
+    one_metric = len({k.split("@")[0] for k in keys}) == 1
     for key in keys:
       steps = sorted(series[key])
-      label = key.split("@")[1] if "@" in key else key
-      label = f"scale {label}" if "@" in key else label
+      if "@" in key and one_metric:  # lines differ by the guidance scale only
+        label = f"scale {key.split('@')[1]}"
+      else:
+        label = key.replace("@", " @ scale ") if "@" in key else key
       ax.plot(steps, [series[key][s] for s in steps], marker="o" if len(steps) < 30 else None,
               markersize=3, label=label)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  for ax in axes.ravel()[len(panels):]:
+  for ax, (name, values) in zip(axes.ravel()[len(panels):], by_scale):
+    scales = sorted(values)
+    ax.plot(scales, [values[x] for x in scales], marker="o", color="tab:purple")
+    ax.set_title(f"{name} vs guidance scale (step {scale_step})")
+    ax.set_xlabel("guidance scale")
+    ax.grid(alpha=0.3)
+  for ax in axes.ravel()[count:]:
     ax.axis("off")
   fig.suptitle(os.path.basename(os.path.abspath(workdir)))
   fig.tight_layout()

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -36,9 +35,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from gandance_jax import checkpoint as checkpoint_lib
+from gandance_jax import console
 from gandance_jax import data as data_lib
 from gandance_jax import images as images_lib
 from gandance_jax import multihost
+from gandance_jax import report as report_lib
 from gandance_jax import sampler as sampler_lib
 from gandance_jax.evaluation import evaluators
 from gandance_jax.train import curves
@@ -224,6 +225,7 @@ class MetricsLogger:
     self.writer, self.path, self.batch_size = writer, path, batch_size
     self.buffer = MetricsBuffer()
     self.tick = (time.time(), step)
+    self.progress: console.Progress | None = None  # shows the losses of each flush
 
   def log(self, step: int) -> None:
     """Raises NonFiniteLossError on a non-finite value; one record per call with data."""
@@ -237,6 +239,8 @@ class MetricsLogger:
     means["kimg"] = step * self.batch_size / 1000
     self.tick = (now, step)
     self.writer.write_scalars(step, means)
+    if self.progress is not None:
+      self.progress.metrics(step, means)
     # One record per flush: `step` = steps done, values = means over the interval.
     checkpoint_lib.append_metrics(self.path, {"step": step, **means})
 
@@ -278,7 +282,7 @@ def write_grid(run: Run, state: state_lib.TrainState, name: str) -> None:
   images = multihost.to_host(run.grid(state.g_ema_variables, key, run.grid_labels))
   if jax.process_index() == 0:
     images_lib.class_rows_grid(os.path.join(run.workdir, name), images, run.grid_labels,
-                               run.hp.grid_per_class)
+                               run.hp.grid_per_class, num_classes=run.G.num_classes)
 
 
 def run_evals(run: Run, state: state_lib.TrainState, step: int,
@@ -288,8 +292,21 @@ def run_evals(run: Run, state: state_lib.TrainState, step: int,
     return
   metrics = run.suite.run(run.G, state.g_ema_variables, step, specs,
                           writer=run.logger.writer, metrics_path=run.logger.path)
+  console.say(console.eval_line(step, metrics))
   if run.best is not None:
     run.best.update(state, step, metrics, run.hp.config)
+  # The curves and the report show every evaluation as it lands.
+  write_curves(run.workdir)
+  write_report(run.workdir)
+
+
+def write_report(workdir: str) -> None:
+  if jax.process_index() != 0:
+    return
+  try:
+    report_lib.write_report(workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("could not write the run report: %s: %s", type(e).__name__, e)
 
 
 def write_curves(workdir: str) -> None:
@@ -356,6 +373,16 @@ def train(hp: HParams, workdir: str) -> state_lib.TrainState:
   num_params = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   logging.info("G: %d params, D: %d params, num_ws %d", num_params(state.g_params),
                num_params(state.d_params), built.G.num_ws)
+  console.say(console.train_header(
+      data=f"{hp.data['name']} {source.resolution}x{source.resolution}x{source.channels}, "
+           f"{source.num_classes} classes",
+      model=f"G {num_params(state.g_params):,} params, D {num_params(state.d_params):,}, "
+            f"num_ws {built.G.num_ws}",
+      devices=f"{mesh.devices.size} {jax.devices()[0].platform} device(s), "
+              f"{jax.process_count()} process(es)",
+      workdir=workdir,
+      plan=f"{num_steps} steps of {batch_size} images"
+           + (f", resuming at step {step}" if resumed else "")))
 
   # --- 4. Writers, hooks, evaluators. ------------------------------------------------
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -368,13 +395,10 @@ def train(hp: HParams, workdir: str) -> state_lib.TrainState:
       best=(checkpoint_lib.BestSnapshot(workdir, hp.best_metric, hp.best_mode)
             if hp.best_metric else None),
       grid=sampler_lib.make_sampler(built.G, mode="none", devices=mesh.devices.flat),
-      grid_labels=np.repeat(np.arange(built.G.num_classes, dtype=np.int32),
-                            hp.grid_per_class))
+      grid_labels=np.repeat(np.asarray(images_lib.grid_classes(built.G.num_classes),
+                                       np.int32), hp.grid_per_class))
   saver, watcher = Saver(step if resumed else -1), PreemptionWatcher()
-  progress_bar = None
-  if jax.process_index() == 0 and sys.stderr.isatty():
-    import tqdm  # pylint: disable=g-import-not-at-top
-    progress_bar = tqdm.tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True)
+  progress_bar = run.logger.progress = console.Progress(num_steps, initial=step)
 
   # --- 5. Loop. --------------------------------------------------------------------
   batches = sharding_lib.global_batches(source.batches(batch_size, start_step=step),
@@ -387,8 +411,7 @@ def train(hp: HParams, workdir: str) -> state_lib.TrainState:
         run.logger.buffer.add(step, metrics)
         step += 1
         report_progress(step, time.time())
-        if progress_bar is not None:
-          progress_bar.update(1)
+        progress_bar.update(step)
         periodic(run, saver, watcher, state, step, num_steps)
 
       # --- 6. End: final checkpoint, grid, evaluators, curves. -------------------------
@@ -396,6 +419,7 @@ def train(hp: HParams, workdir: str) -> state_lib.TrainState:
       write_grid(run, state, "grid_final.png")
       run_evals(run, state, step, run.suite.final())
       write_curves(workdir)
+      write_report(workdir)
   except NonFiniteLossError as e:
     ckpt.wait()
     good = ckpt.latest_step()
@@ -404,8 +428,7 @@ def train(hp: HParams, workdir: str) -> state_lib.TrainState:
         f"{'step ' + str(good) if good is not None else 'none'} in {ckpt.directory}.") from None
   finally:
     watcher.close()
-    if progress_bar is not None:
-      progress_bar.close()
+    progress_bar.close()
     ckpt.close()
     if run.best is not None:
       run.best.close()
