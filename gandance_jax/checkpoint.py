@@ -187,9 +187,10 @@ def _join_state(like: TrainState, train: dict[str, Any], g_ema: dict[str, Any]) 
 # ----------------------------------------------------------------------------- manager
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState
-             ) -> TrainState:
-  """Restores `step` into the shardings of `abstract_state`, fingerprints checked."""
+def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState,
+             meta_out: dict[str, Any] | None = None) -> TrainState:
+  """Restores `step` into the shardings of `abstract_state`, fingerprints checked; the
+  checkpoint's metadata goes into `meta_out` if given."""
   abstract_train, abstract_g_ema = _split_state(abstract_state)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
@@ -203,6 +204,9 @@ def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainSta
     if got != want:
       raise CorruptCheckpointError(
           f"step {step}: fingerprint of item '{name}' is {got}, expected {want}")
+  if meta_out is not None:
+    meta_out.clear()
+    meta_out.update(meta)
   return _join_state(abstract_state, restored.train, restored.g_ema)
 
 
@@ -220,6 +224,7 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("train", "g_ema", "meta"))
     self._pending: int | None = None  # the step of the async save in flight
+    self.restored_meta: dict[str, Any] = {}  # metadata of the last restored checkpoint
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -227,8 +232,11 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, state: TrainState, step: int, config: Mapping[str, Any]) -> None:
+  def save(self, state: TrainState, step: int, config: Mapping[str, Any],
+           extra_meta: Mapping[str, Any] | None = None) -> None:
     """Starts an async save of `state` at `step` (returns once the arrays are off-device).
+
+    `extra_meta`: JSON-able values stored beside (`restored_meta` after a restore).
 
     Raises SaveFailedError if the previous save failed (checked first: a run must not go on
     with its newest progress unsaved).
@@ -238,7 +246,7 @@ class Checkpointer:
     meta = dict(step=int(step),
                 fingerprint_train=_fetch_int(_fingerprint_jit(train)),
                 fingerprint_g_ema=_fetch_int(_fingerprint_jit(g_ema)),
-                config=dict(config), time=time.time())
+                config=dict(config), time=time.time(), **dict(extra_meta or {}))
     self.manager.save(int(step), args=ocp.args.Composite(
         train=ocp.args.StandardSave(train), g_ema=ocp.args.StandardSave(g_ema),
         meta=ocp.args.JsonSave(meta)), force=True)
@@ -297,7 +305,7 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: TrainState) -> TrainState:
     """Restores `step` into the shardings of `abstract_state`; raises CorruptCheckpointError."""
-    return _restore(self.manager, step, abstract_state)
+    return _restore(self.manager, step, abstract_state, self.restored_meta)
 
   def restore_latest(self, abstract_state: TrainState, restart_if_unreadable: bool = False
                      ) -> tuple[TrainState, int] | None:
@@ -389,7 +397,8 @@ def load_generator_from(workdir: str, which: str = "latest", **kwargs: Any
     return load_generator(workdir, best=True, **kwargs)
   if which.isdigit():
     return load_generator(workdir, int(which), **kwargs)
-  raise errors.BadInputError(f"--checkpoint = {which!r} is invalid: 'latest', 'best' or a step number")
+  raise errors.BadInputError(
+      f"--checkpoint = {which!r} is invalid: 'latest', 'best' or a step number")
 
 
 

@@ -71,8 +71,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> int:
+  """Runs --mode; returns the exit code (a user error: one line on stderr, see errors.py)."""
+  return errors.run_cli(_main, argv, verbose=FLAGS.verbose)
+
+
+def _main(argv: list[str]) -> int:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.BadInputError(f"unexpected arguments {argv[1:]}: every option is a --flag "
+                               "(e.g. --config.train.batch_size=16)")
   import jax  # pylint: disable=g-import-not-at-top
 
   # Multi-process start-up must come before any JAX computation.
@@ -144,9 +150,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
-  verbose = "--verbose" in sys.argv[1:]
-  app.run(lambda argv: sys.exit(errors.run_cli(main, argv, verbose=verbose or FLAGS.verbose)),
-          flags_parser=parse_flags)
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

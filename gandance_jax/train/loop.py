@@ -290,16 +290,29 @@ def _initial_state(hp: HParams, built: Built, ckpt: Any, replicated: Any,
 
 
 class MetricsLogger:
-  """Device metrics of each step, fetched and written (means per interval) on `log`."""
+  """Device metrics of each step, fetched and written (means per interval) on `log`.
 
-  def __init__(self, writer: Any, path: str, batch_size: int, step: int):
+  A checkpoint saved mid-interval stores the interval's fetched rows (`rows`, passed back as
+  `pending` on resume), so a resumed run writes the same records as an uninterrupted one.
+  """
+
+  def __init__(self, writer: Any, path: str, batch_size: int, step: int,
+               pending: Any = ()):
     self.writer, self.path, self.batch_size = writer, path, batch_size
     self.buffer = MetricsBuffer()
     self.tick = (time.time(), step)
+    # Fetched and checked, not yet written: [(step, {name: value})] of the current interval.
+    self.rows: list[tuple[int, dict[str, float]]] = [
+        (int(s), {k: float(v) for k, v in values.items()}) for s, values in pending]
+
+  def check(self) -> None:
+    """Fetches the pending device metrics; raises NonFiniteLossError on a non-finite one."""
+    self.rows.extend(self.buffer.flush())
 
   def log(self, step: int) -> None:
     """Raises NonFiniteLossError on a non-finite value; one record per call with data."""
-    rows = self.buffer.flush()
+    self.check()
+    rows, self.rows = self.rows, []
     if not rows:
       return
     means = _interval_means(rows)
@@ -350,11 +363,13 @@ class Saver:
   def save(self, run: Run, state: state_lib.TrainState, step: int) -> None:
     if step == self.last_saved:
       return
-    run.logger.log(step)  # raises on non-finite losses before anything bad is saved
+    run.logger.check()  # raises on non-finite losses before anything bad is saved
     if not bool(sharding_lib.fetch(run.params_finite(state))):
       raise NonFiniteLossError(f"non-finite parameters of {_non_finite_parts(state)} after "
                                f"step {step}")
-    run.ckpt.save(state, step, run.hp.config)
+    # The metrics interval is not cut here: its rows so far travel with the checkpoint.
+    run.ckpt.save(state, step, run.hp.config,
+                  extra_meta={"metrics_pending": [[s, v] for s, v in run.logger.rows]})
     self.last_saved = step
 
 
@@ -472,7 +487,8 @@ def train(hp: HParams, workdir: str, *, allow_config_change: bool = False,
       num_train_steps=num_steps, writer=writer, every_steps=hp.log_every_steps)
   run = Run(
       hp=hp, workdir=workdir, G=built.G, params_finite=built.params_finite, ckpt=ckpt,
-      logger=MetricsLogger(writer, checkpoint_lib.metrics_path(workdir), batch_size, step),
+      logger=MetricsLogger(writer, checkpoint_lib.metrics_path(workdir), batch_size, step,
+                           ckpt.restored_meta.get("metrics_pending", ()) if resumed else ()),
       suite=evaluators.Suite(hp.evals, evaluators.EvalData(workdir, hp.data)),
       best=(checkpoint_lib.BestSnapshot(workdir, hp.best_metric, hp.best_mode)
             if hp.best_metric else None),
