@@ -47,6 +47,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gandance_jax import errors
 from gandance_jax.networks import stylegan2
 
 CONFIG_FILE = "config.json"
@@ -60,8 +61,22 @@ PyTree = Any
 TrainState = Any  # A dataclass pytree with g_ema_params and g_buffers (train/state.py).
 
 
-class CorruptCheckpointError(RuntimeError):
-  """A checkpoint could not be restored or its fingerprint does not match."""
+class CorruptCheckpointError(errors.UserError, RuntimeError):
+  """A checkpoint could not be restored or its fingerprint does not match (exit 2)."""
+
+  exit_code = errors.ExitCode.BAD_INPUT
+
+
+class MissingCheckpointError(errors.UserError, FileNotFoundError):
+  """No (readable) checkpoint where one was asked for; the message names the directory and
+  the steps there are (exit 2)."""
+
+  exit_code = errors.ExitCode.BAD_INPUT
+
+
+class SaveFailedError(errors.WorkdirIOError):
+  """An asynchronous checkpoint save failed (disk full, permission): training stops at once,
+  the last committed checkpoint is kept and the save's temporaries are removed (exit 4)."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -82,6 +97,29 @@ def save_config(workdir: str, config: Mapping[str, Any]) -> None:
   with open(tmp, "w") as f:
     f.write(config_to_json(config))
   os.replace(tmp, path)
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+  """[(dotted field, old value, new value)] where two configs differ, sorted by field.
+
+  Both sides are compared in their JSON form (tuples and lists are one thing, as in
+  config.json); a field present on one side only shows `MISSING` on the other.
+  """
+  a, b = json.loads(config_to_json(old)), json.loads(config_to_json(new))
+  out: list[tuple[str, Any, Any]] = []
+
+  def walk(prefix: str, x: Any, y: Any) -> None:
+    if isinstance(x, dict) and isinstance(y, dict):
+      for k in sorted(set(x) | set(y)):
+        walk(f"{prefix}{k}.", x.get(k, MISSING), y.get(k, MISSING))
+    elif x != y:
+      out.append((prefix[:-1], x, y))
+
+  walk("", a, b)
+  return out
+
+
+MISSING = "<absent>"  # config_diff's value of a field one config does not have
 
 
 def config_from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -149,9 +187,10 @@ def _join_state(like: TrainState, train: dict[str, Any], g_ema: dict[str, Any]) 
 # ----------------------------------------------------------------------------- manager
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState
-             ) -> TrainState:
-  """Restores `step` into the shardings of `abstract_state`, fingerprints checked."""
+def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState,
+             meta_out: dict[str, Any] | None = None) -> TrainState:
+  """Restores `step` into the shardings of `abstract_state`, fingerprints checked; the
+  checkpoint's metadata goes into `meta_out` if given."""
   abstract_train, abstract_g_ema = _split_state(abstract_state)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
@@ -165,6 +204,9 @@ def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainSta
     if got != want:
       raise CorruptCheckpointError(
           f"step {step}: fingerprint of item '{name}' is {got}, expected {want}")
+  if meta_out is not None:
+    meta_out.clear()
+    meta_out.update(meta)
   return _join_state(abstract_state, restored.train, restored.g_ema)
 
 
@@ -181,6 +223,8 @@ class Checkpointer:
                                            cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("train", "g_ema", "meta"))
+    self._pending: int | None = None  # the step of the async save in flight
+    self.restored_meta: dict[str, Any] = {}  # metadata of the last restored checkpoint
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -188,23 +232,64 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, state: TrainState, step: int, config: Mapping[str, Any]) -> None:
-    """Starts an async save of `state` at `step` (returns once the arrays are off-device)."""
+  def save(self, state: TrainState, step: int, config: Mapping[str, Any],
+           extra_meta: Mapping[str, Any] | None = None) -> None:
+    """Starts an async save of `state` at `step` (returns once the arrays are off-device).
+
+    `extra_meta`: JSON-able values stored beside (`restored_meta` after a restore).
+
+    Raises SaveFailedError if the previous save failed (checked first: a run must not go on
+    with its newest progress unsaved).
+    """
+    self.wait()
     train, g_ema = _split_state(state)
     meta = dict(step=int(step),
                 fingerprint_train=_fetch_int(_fingerprint_jit(train)),
                 fingerprint_g_ema=_fetch_int(_fingerprint_jit(g_ema)),
-                config=dict(config), time=time.time())
+                config=dict(config), time=time.time(), **dict(extra_meta or {}))
     self.manager.save(int(step), args=ocp.args.Composite(
         train=ocp.args.StandardSave(train), g_ema=ocp.args.StandardSave(g_ema),
         meta=ocp.args.JsonSave(meta)), force=True)
+    self._pending = int(step)
+
+  def _temporaries(self) -> list[str]:
+    if not os.path.isdir(self.directory):
+      return []
+    return [os.path.join(self.directory, n) for n in os.listdir(self.directory)
+            if ".orbax-checkpoint-tmp" in n]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the pending async save; raises SaveFailedError (temporaries removed, the
+    committed checkpoints kept) if it failed."""
+    step, self._pending = self._pending, None
+    if step is None:
+      return
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+      # Orbax logs (and swallows) a failed finalisation: the step is then not committed.
+      ok = jax.process_count() > 1 or os.path.isdir(os.path.join(self.directory, str(step)))
+      cause = None if ok else "the step directory was not committed"
+    except Exception as e:  # pylint: disable=broad-except
+      cause = f"{type(e).__name__}: {errors.one_line(e)}"
+    if cause is None:
+      return
+    if jax.process_index() == 0:
+      for tmp in self._temporaries():
+        shutil.rmtree(tmp, ignore_errors=True)
+    self.manager.reload()
+    good = self.manager.latest_step()
+    raise SaveFailedError(
+        f"saving the checkpoint of step {step} in {self.directory} failed ({cause[:500]}); "
+        f"training stopped. The last good checkpoint is "
+        f"{'step ' + str(good) if good is not None else 'none'}; free space or fix the "
+        "permissions and re-run the command to resume from it")
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
   def _quarantine(self, step: int, error: Exception) -> None:
     logging.error("Checkpoint at step %d in %s is corrupted (%s: %s); moving it to %s and "
@@ -220,18 +305,38 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: TrainState) -> TrainState:
     """Restores `step` into the shardings of `abstract_state`; raises CorruptCheckpointError."""
-    return _restore(self.manager, step, abstract_state)
+    return _restore(self.manager, step, abstract_state, self.restored_meta)
 
-  def restore_latest(self, abstract_state: TrainState) -> tuple[TrainState, int] | None:
+  def restore_latest(self, abstract_state: TrainState, restart_if_unreadable: bool = False
+                     ) -> tuple[TrainState, int] | None:
     """(state, step) of the newest readable checkpoint, or None if there is none.
 
-    Corrupted checkpoints are reported (logging.error), moved aside, and skipped.
+    Unreadable checkpoints newer than the restored one are reported (logging.error) and
+    moved to `corrupt_checkpoints/`. When none is readable nothing is moved (a state of
+    another shape, e.g. a changed config, fails every checkpoint: they are not corrupt) and
+    CorruptCheckpointError lists them, unless `restart_if_unreadable`: then they are moved
+    aside and None is returned (a fresh start).
     """
+    failed: list[tuple[int, CorruptCheckpointError]] = []
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        return self.restore(step, abstract_state), step
+        state = self.restore(step, abstract_state)
       except CorruptCheckpointError as e:
-        self._quarantine(step, e)
+        failed.append((step, e))
+        continue
+      for bad, error in failed:
+        self._quarantine(bad, error)
+      return state, step
+    if failed and not restart_if_unreadable:
+      details = "; ".join(f"{e}"[:300] for _, e in failed)
+      raise CorruptCheckpointError(
+          f"no checkpoint in {self.directory} can be restored into this run's state "
+          f"(steps {[s for s, _ in failed]}; nothing was moved): {details}. If the config "
+          "changed, use the config of config.json or a new --workdir; to start this workdir "
+          "from scratch (the checkpoints are moved to corrupt_checkpoints/) pass "
+          "--restart_from_scratch")
+    for bad, error in failed:
+      self._quarantine(bad, error)
     return None
 
 
@@ -251,7 +356,7 @@ def load_state(workdir: str, abstract_state: TrainState, step: int | None = None
   """
   directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoints in {directory}")
+    raise MissingCheckpointError(f"no checkpoints in {directory}")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state)
@@ -261,19 +366,20 @@ def load_state(workdir: str, abstract_state: TrainState, step: int | None = None
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None:
       if step not in steps:
-        raise FileNotFoundError(f"no checkpoint at step {step} in {directory} (have {steps})")
+        raise MissingCheckpointError(
+            f"no checkpoint at step {step} in {directory} (have {steps})")
       steps = [step]
-    errors = []
+    problems = []
     for s in steps:
       try:
         return jax.tree.map(np.asarray, _restore(manager, s, abstract)), s
       except CorruptCheckpointError as e:
         logging.error("checkpoint %d in %s is unreadable (%s); trying the previous one", s,
                       directory, e)
-        errors.append(str(e)[:200])
+        problems.append(str(e)[:200])
   finally:
     manager.close()
-  raise FileNotFoundError(f"no readable checkpoint in {directory}: {errors}")
+  raise MissingCheckpointError(f"no readable checkpoint in {directory}: {problems}")
 
 
 # ----------------------------------------------------------------------------- generator
@@ -291,7 +397,8 @@ def load_generator_from(workdir: str, which: str = "latest", **kwargs: Any
     return load_generator(workdir, best=True, **kwargs)
   if which.isdigit():
     return load_generator(workdir, int(which), **kwargs)
-  raise ValueError(f"--checkpoint = {which!r} is invalid: 'latest', 'best' or a step number")
+  raise errors.BadInputError(
+      f"--checkpoint = {which!r} is invalid: 'latest', 'best' or a step number")
 
 
 
@@ -377,21 +484,23 @@ def load_generator(workdir: str, step: int | None = None, *,
   """
   directory = os.path.abspath(os.path.join(workdir, BEST_DIR if best else CHECKPOINT_DIR))
   if best and not os.path.isdir(directory):
-    raise FileNotFoundError(f"no best snapshot in {directory}: set config.best_metric to an "
-                            "in-loop evaluation metric, e.g. 'fid/fid@1.3'")
+    raise MissingCheckpointError(
+        f"no best snapshot in {directory}: set config.best_metric to an in-loop evaluation "
+        "metric, e.g. 'fid/fid@1.3', and train")
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoints in {directory}")
+    raise MissingCheckpointError(f"no checkpoints in {directory}")
   manager = ocp.CheckpointManager(
       directory, item_names=("g_ema", "meta") if best else ("train", "g_ema", "meta"),
       options=ocp.CheckpointManagerOptions(read_only=True))
   steps = sorted(manager.all_steps(), reverse=True)
   if step is not None:
     if step not in steps:
-      raise FileNotFoundError(f"no checkpoint at step {step} in {directory} (have {steps})")
+      raise MissingCheckpointError(
+          f"no checkpoint at step {step} in {directory} (have {steps})")
     steps = [step]
   if sharding is None:
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P())
-  errors = []
+  problems = []
   for s in steps:
     try:
       meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -411,9 +520,9 @@ def load_generator(workdir: str, step: int | None = None, *,
       logging.error("Generator checkpoint at step %d in %s is unreadable (%s: %s)%s", s,
                     directory, type(e).__name__, str(e)[:300],
                     "; trying the previous one" if step is None else "")
-      errors.append(f"step {s}: {type(e).__name__}: {str(e)[:200]}")
+      problems.append(f"step {s}: {type(e).__name__}: {str(e)[:200]}")
   manager.close()
-  raise FileNotFoundError(f"no readable checkpoint in {directory}: {errors}")
+  raise MissingCheckpointError(f"no readable checkpoint in {directory}: {problems}")
 
 
 # ----------------------------------------------------------------------------- metrics

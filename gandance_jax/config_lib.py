@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from gandance_jax import guidance, images
+from gandance_jax import errors, guidance, images
 from gandance_jax.data import base as data_base
 from gandance_jax.networks import base
 from gandance_jax.train import augment_pipe
@@ -141,7 +141,7 @@ ADAPTIVE_AUGMENTS = ("ada", "diffaugment_ada")      # p follows ADA's rule
 AUGMENT_OPS = ("color", "translation", "cutout")
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.BadInputError):
   """An invalid config value; the message names the field."""
 
 
@@ -302,10 +302,32 @@ def validate_config(config: ml_collections.ConfigDict) -> hparams_lib.HParams:
     _fail("best_mode", config.best_mode, "allowed values are ['min', 'max']")
   s = config.sample
   validate_sample_config(s, g.num_classes, g.empty_class)
+  validate_evals(config.get("evals", {}) or {})
   try:
     return hparams_lib.from_config(config)
   except ValueError as e:  # An invalid config.evals entry (the message names the field).
     raise ConfigError(str(e)) from None
+
+
+def validate_evals(evals: Any) -> None:
+  """The number fields of each config.evals entry, before anything is built (the evaluator
+  registry checks the rest, naming the field too). A value the command line could not parse
+  as a number (e.g. `(nan,)`, kept as text) is named here."""
+  for name, spec in dict(evals).items():
+    if not isinstance(spec, (dict, ml_collections.ConfigDict)):
+      _fail(f"evals.{name}", spec, "must be a dict of evaluator fields, e.g. "
+            "dict(type='fid', num_samples=10000)")
+    spec = dict(spec)
+    if "guidance_scales" in spec:
+      scales = spec["guidance_scales"]
+      if isinstance(scales, str) or not hasattr(scales, "__len__") or not len(scales):
+        _fail(f"evals.{name}.guidance_scales", scales, "must be a tuple of finite numbers, "
+              "e.g. (1.0, 1.3)")
+      for i, scale in enumerate(scales):
+        _finite(scale, f"evals.{name}.guidance_scales[{i}]")
+    for f in ("num_samples", "batch_size", "every_steps"):
+      if f in spec:
+        _positive_int(spec, f, f"evals.{name}", allow_zero=f == "every_steps")
 
 
 SAMPLE_OUTPUTS = ("grid", "interp", "npz")
@@ -321,6 +343,15 @@ def _finite(value: Any, field: str) -> None:
     _fail(field, value, "must be a finite number")
 
 
+def _scale(value: Any, field: str) -> None:
+  _finite(value, field)
+  if value < 0:
+    # Refused rather than silently extrapolated: the paper's scales are >= 1 (1 = plain
+    # conditional sampling, 0 = the empty class's style); a negative scale pushes the
+    # sample away from its own class.
+    _fail(field, value, "must be >= 0 (1 = no guidance, > 1 = guided)")
+
+
 def validate_sample_config(s: Any, num_classes: int, empty_class: bool) -> None:
   """Checks `config.sample` against a generator with `num_classes` (+ the empty class)."""
   _choice(s, "mode", guidance.MODES, "sample")
@@ -333,22 +364,24 @@ def validate_sample_config(s: Any, num_classes: int, empty_class: bool) -> None:
   if not len(s.scales):
     _fail("sample.scales", s.scales, "must hold at least one scale")
   for i, scale in enumerate(s.scales):
-    _finite(scale, f"sample.scales[{i}]")
+    _scale(scale, f"sample.scales[{i}]")
   if not len(s.npz_scales):
     _fail("sample.npz_scales", s.npz_scales, "must hold at least one scale")
   for i, scale in enumerate(s.npz_scales):
-    _finite(scale, f"sample.npz_scales[{i}]")
-  _finite(s.interp_scale, "sample.interp_scale")
+    _scale(scale, f"sample.npz_scales[{i}]")
+  _scale(s.interp_scale, "sample.interp_scale")
   if s.layer_scales:
     for item in str(s.layer_scales).replace(" ", "").split(","):
       parts = item.split(":")
       try:
-        ok = len(parts) == 2 and int(parts[0]) >= 4 and math.isfinite(float(parts[1]))
+        ok = (len(parts) == 2 and int(parts[0]) >= 4 and math.isfinite(float(parts[1]))
+              and float(parts[1]) >= 0)
       except ValueError:
         ok = False
       if not ok:
         _fail("sample.layer_scales", s.layer_scales,
-              "must look like '4:1.5,8:1.5,16:1.5,32:1.1,64:1' (resolution:finite scale)")
+              "must look like '4:1.5,8:1.5,16:1.5,32:1.1,64:1' (resolution:finite scale "
+              ">= 0)")
   _positive_int(s, "num_opposite", "sample", allow_zero=True)
   if s.num_opposite > num_classes:
     _fail("sample.num_opposite", s.num_opposite,

@@ -12,8 +12,13 @@
 Multi-process (one process per host or GPU): launchers that JAX detects (SLURM, Open MPI,
 multi-host TPU) need no flags; otherwise pass --coordinator_address, --num_processes and
 --process_id to every process. Re-running the same command resumes from the newest
-checkpoint in --workdir. Exit codes: 0 done, 1 non-finite loss (message names the step and
-the loss), 143 preempted by SIGTERM after saving a checkpoint.
+checkpoint in --workdir (the config must match its config.json; see --allow_config_change).
+
+Exit codes (gandance_jax/errors.py, README "Exit codes and errors"): 0 done, 1 non-finite
+loss or parameters (the message names the step), 2 bad input or config (the message names
+the field, flag or file), 4 I/O failure (disk full, permission, a file in the way), 143
+preempted by SIGTERM after saving a checkpoint. User errors print one line; --verbose adds
+the traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ml_collections import config_flags
 
 from gandance_jax import config_lib
 from gandance_jax import console  # first: quiets TensorFlow's start-up before it is imported
-from gandance_jax import interop
+from gandance_jax import errors
 from gandance_jax import report
 from gandance_jax import sample_cli
 from gandance_jax.evaluation import cli
@@ -57,12 +62,25 @@ flags.DEFINE_string("network", "",
                     "still go to --workdir.")
 flags.DEFINE_bool("log_all_processes", False,
                   "Log INFO from every process (default: only process 0; others warn/error).")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume although the config differs from the workdir's config.json in fields "
+                  "other than loop.RESUME_SAFE_FIELDS (total_kimg, evals, intervals, ...).")
+flags.DEFINE_bool("restart_from_scratch", False,
+                  "When no checkpoint in --workdir can be restored, move them to "
+                  "corrupt_checkpoints/ and start from step 0 (default: stop with an error).")
+flags.DEFINE_bool("verbose", False, "Print the traceback of user errors too.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> int:
+  """Runs --mode; returns the exit code (a user error: one line on stderr, see errors.py)."""
+  return errors.run_cli(_main, argv, verbose=FLAGS.verbose)
+
+
+def _main(argv: list[str]) -> int:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.BadInputError(f"unexpected arguments {argv[1:]}: every option is a --flag "
+                               "(e.g. --config.train.batch_size=16)")
   import jax  # pylint: disable=g-import-not-at-top
 
   # The terminal shows what a person reads; library logs go to <workdir>/log.txt.
@@ -77,51 +95,68 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(FLAGS.compilation_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  config = FLAGS.config
+  try:
+    # A config file that failed to load is a placeholder raising OSError on first use.
+    config = FLAGS.config
+    config.get("data")
+  except OSError as e:
+    raise errors.BadInputError(
+        f"--config: cannot load {config_flags.get_config_filename(FLAGS['config'])!r}: "
+        f"{errors.one_line(e)}") from e
   which = FLAGS.checkpoint.strip()
   if which not in ("latest", "best") and not which.isdigit():
-    logging.error("--checkpoint = %r is invalid: 'latest', 'best' or a step number", which)
-    return 2
+    raise errors.BadInputError(
+        f"--checkpoint = {which!r} is invalid: 'latest', 'best' or a step number")
   network = FLAGS.network.strip()
   if network and FLAGS.mode not in ("sample", "eval"):
-    logging.error("--network = %r is for --mode=sample or --mode=eval, not --mode=%s (to "
-                  "fine-tune from it use --config.train.init_from)", network, FLAGS.mode)
-    return 2
-  try:
-    hparams = config_lib.validate_config(config)
-  except config_lib.ConfigError as e:
-    logging.error("%s", e)
-    return 2
+    raise errors.BadInputError(
+        f"--network = {network!r} is for --mode=sample or --mode=eval, not --mode="
+        f"{FLAGS.mode} (to fine-tune from it use --config.train.init_from)")
+  loop.check_workdir(FLAGS.workdir)
+  hparams = config_lib.validate_config(config)
   report.record_config_source(FLAGS.workdir, FLAGS["config"])
   logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
 
   if FLAGS.mode in ("train", "all"):
     try:
-      loop.train(hparams, FLAGS.workdir)
-    except loop.NonFiniteLossError as e:
-      logging.error("%s", e)
-      return 1
+      loop.train(hparams, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change,
+                 restart_from_scratch=FLAGS.restart_from_scratch)
     except loop.Preempted as e:
       logging.warning("%s", e)
-      return 143
-  try:
-    if FLAGS.mode in ("sample", "all"):
-      sample_cli.run(config, FLAGS.workdir, FLAGS.checkpoint, network=network)
-    if FLAGS.mode in ("eval", "all"):
-      cli.run(config, FLAGS.workdir, FLAGS.checkpoint, network=network)
-  except (interop.InteropError, config_lib.ConfigError) as e:
-    if not network:
-      raise
-    # A bad --network file or a sample option its generator cannot do: one clear line.
-    logging.error("%s", e)
-    return 2
+      return int(errors.ExitCode.PREEMPTED)
+  if FLAGS.mode in ("sample", "all"):
+    sample_cli.run(config, FLAGS.workdir, FLAGS.checkpoint, network=network)
+  if FLAGS.mode in ("eval", "all"):
+    cli.run(config, FLAGS.workdir, FLAGS.checkpoint, network=network)
   report.finish(FLAGS.workdir, FLAGS.mode)
   return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag, an unknown or mistyped --config.<field> or a
+  missing config file reported in one line and exit 2 (absl's own handler exits 1, the code
+  of a non-finite loss)."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags reports an unknown field as AttributeError/KeyError and a config file
+    # it cannot load as an OSError or the file's own exception, all during parsing.
+    if "--verbose" in argv:
+      raise
+    culprit = errors.one_line(e).strip("\"'")
+    if isinstance(e, (AttributeError, KeyError)):
+      # Name the whole override, not only the missing key.
+      flag = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
+              and culprit in a.split("=")[0].split(".")]
+      culprit = (f"unknown config field {flag[0] if flag else culprit!r}: overrides must name "
+                 "a field of the config file (README 'Exit codes and errors')")
+    sys.stderr.write(f"error: {culprit}\n")
+    sys.exit(int(errors.ExitCode.BAD_INPUT))
+
+
 def run() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

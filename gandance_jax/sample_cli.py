@@ -85,6 +85,31 @@ def write_npz_stream(path: str, chunks: Iterable[np.ndarray], shape: tuple[int, 
   return path
 
 
+def remove_stale_temporaries(outdir: str) -> list[str]:
+  """Removes `*.npz.tmp<pid>` files of `write_npz_stream` whose process is gone (a sampler
+  killed mid-write); returns their paths. Files of a live process are left alone."""
+  removed = []
+  if not os.path.isdir(outdir):
+    return removed
+  for name in os.listdir(outdir):
+    stem, sep, pid = name.rpartition(".tmp")
+    if not sep or not stem.endswith(".npz") or not pid.isdigit():
+      continue
+    try:
+      os.kill(int(pid), 0)
+      continue  # still running (another sampler writing here)
+    except ProcessLookupError:
+      pass
+    except PermissionError:
+      continue  # alive, another user's
+    path = os.path.join(outdir, name)
+    os.remove(path)
+    removed.append(path)
+  if removed:
+    logging.info("removed %d stale partial sample files in %s", len(removed), outdir)
+  return removed
+
+
 def _default_classes(num_classes: int) -> list[int]:
   # Every class up to images.MAX_GRID_CLASSES rows, else that many spread evenly (the
   # grid's caption says which).
@@ -145,6 +170,8 @@ def run_with_generator(G: base.ConditionalGenerator, variables: Any, sample_conf
   schedule = (_layer_schedule(G, s.layer_scales) if s.layer_scales and s.mode != "none"
               else None)
   os.makedirs(outdir, exist_ok=True)
+  if multihost.is_main():
+    remove_stale_temporaries(outdir)
   root = jax.random.key(int(s.seed))
   classes = list(s.classes) or _default_classes(G.num_classes)
   outputs: dict[str, list[str]] = {"grid": [], "interp": [], "npz": []}

@@ -337,5 +337,17 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
+def run() -> int:
+  """`main` with the exit codes of gandance_jax/errors.py: a bad sweep file or flag (raised
+  here as SystemExit(message)) prints one `error:` line and exits 2, not Python's 1."""
+  try:
+    return main()
+  except SystemExit as e:
+    if isinstance(e.code, str):
+      print(f"error: {e.code}", file=sys.stderr)
+      return 2
+    raise
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run())

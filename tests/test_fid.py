@@ -154,7 +154,8 @@ def test_cli_fid(tmp_path, capsys):
   assert fid.main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "community.npz"),
                    "--convention", "tf1"]) == 0
   assert "FID: " in capsys.readouterr().out
-  assert fid.main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "community.npz")]) == 1
+  # Exit 2: bad input (errors.ExitCode.BAD_INPUT).
+  assert fid.main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "community.npz")]) == 2
   assert "records no preprocessing convention" in capsys.readouterr().err
 
 

@@ -10,7 +10,7 @@ converts each batch to float32 [-1, 1]) and int32 labels [N].
 Resizing: when the requested resolution differs from an image's size (or the image is
 not square) the image is centre-cropped to a square and resized with PIL, LANCZOS when
 shrinking and BICUBIC when enlarging. Channels: 1 (PIL 'L', ITU-R 601-2 luma) or 3 (RGB).
-Invalid inputs raise ValueError naming the offending field or file.
+Invalid inputs raise errors.BadInputError (a ValueError) naming the offending field or file.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from gandance_jax import errors
 from gandance_jax.data import base
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -58,7 +59,7 @@ def _resolution(resolution: Any, size: tuple[int, int] | None, what: str, field:
     return base.check_resolution(resolution)
   w, h = size
   if w != h:
-    raise ValueError(f"{what} are {w}x{h}, not square; set data.resolution to centre-crop "
+    raise errors.BadInputError(f"{what} are {w}x{h}, not square; set data.resolution to centre-crop "
                      "and resize them")
   return base.check_resolution(w, field=field)
 
@@ -66,7 +67,7 @@ def _resolution(resolution: Any, size: tuple[int, int] | None, what: str, field:
 def _check_exists(path: str | os.PathLike, field: str = "data.path") -> Path:
   path = Path(path).expanduser()
   if not path.exists():
-    raise ValueError(f"{field}={str(path)!r} does not exist")
+    raise errors.BadInputError(f"{field}={str(path)!r} does not exist")
   return path
 
 
@@ -85,37 +86,37 @@ def load_npz(path: str | os.PathLike, *, resolution: int | None = None,
   """
   path = _check_exists(path)
   if path.is_dir():
-    raise ValueError(f"data.path={str(path)!r} is a directory, expected an .npz file")
+    raise errors.BadInputError(f"data.path={str(path)!r} is a directory, expected an .npz file")
   with np.load(path, allow_pickle=False) as data:
     if "arr_0" not in data.files:
-      raise ValueError(f"{path}: missing arr_0 (uint8 images [N, H, W, C]); found "
+      raise errors.BadInputError(f"{path}: missing arr_0 (uint8 images [N, H, W, C]); found "
                        f"{data.files}")
     if "arr_1" not in data.files:
-      raise ValueError(f"{path}: missing arr_1 (integer class labels [N]); "
+      raise errors.BadInputError(f"{path}: missing arr_1 (integer class labels [N]); "
                        "class-conditional training needs labels")
     images, labels = data["arr_0"], data["arr_1"]
   if images.dtype != np.uint8:
-    raise ValueError(f"{path}: arr_0 must be uint8 in [0, 255], got dtype {images.dtype}")
+    raise errors.BadInputError(f"{path}: arr_0 must be uint8 in [0, 255], got dtype {images.dtype}")
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f"{path}: arr_0 must be [N, H, W, C] with C in (1, 3), got shape "
+    raise errors.BadInputError(f"{path}: arr_0 must be [N, H, W, C] with C in (1, 3), got shape "
                      f"{images.shape}")
   if images.shape[0] == 0:
-    raise ValueError(f"{path}: arr_0 holds no images")
+    raise errors.BadInputError(f"{path}: arr_0 holds no images")
   if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-    raise ValueError(f"{path}: arr_1 must be labels [{images.shape[0]}], got shape "
+    raise errors.BadInputError(f"{path}: arr_1 must be labels [{images.shape[0]}], got shape "
                      f"{labels.shape}")
   if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"{path}: arr_1 must hold integer labels, got dtype {labels.dtype}")
+    raise errors.BadInputError(f"{path}: arr_1 must hold integer labels, got dtype {labels.dtype}")
   if labels.min() < 0 or labels.max() > np.iinfo(np.int32).max:
-    raise ValueError(f"{path}: labels out of range: [{labels.min()}, {labels.max()}]; "
+    raise errors.BadInputError(f"{path}: labels out of range: [{labels.min()}, {labels.max()}]; "
                      "they must be class ids >= 0")
   n, h, w, c = images.shape
   resolution = _resolution(resolution, (w, h), f"{path}: images", f"{path}: image size")
   channels = c if channels is None else channels
   if channels not in (1, 3):
-    raise ValueError(f"data.channels must be 1 or 3, got {channels!r}")
+    raise errors.BadInputError(f"data.channels must be 1 or 3, got {channels!r}")
 
   if (h, w) != (resolution, resolution):
     from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -151,11 +152,11 @@ def load_image_folder(root: str | os.PathLike, *, resolution: int | None = None,
 
   root = _check_exists(root)
   if not root.is_dir():
-    raise ValueError(f"data.path={str(root)!r} is not a directory (expected "
+    raise errors.BadInputError(f"data.path={str(root)!r} is not a directory (expected "
                      "root/<class_name>/*.png)")
   class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
   if not class_dirs:
-    raise ValueError(f"data.path={str(root)!r} has no class sub-folders (expected "
+    raise errors.BadInputError(f"data.path={str(root)!r} has no class sub-folders (expected "
                      "root/<class_name>/*.png|jpg|jpeg)")
   files: list[tuple[Path, int]] = []
   for label, class_dir in enumerate(class_dirs):
@@ -164,7 +165,7 @@ def load_image_folder(root: str | os.PathLike, *, resolution: int | None = None,
         if p.is_file() and not p.name.startswith(".")
         and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not class_files:
-      raise ValueError(f"class folder {str(class_dir)!r} holds no {IMAGE_EXTENSIONS} "
+      raise errors.BadInputError(f"class folder {str(class_dir)!r} holds no {IMAGE_EXTENSIONS} "
                        "images (an empty class would shift the class ids)")
     files.extend((p, label) for p in class_files)
 
@@ -175,12 +176,12 @@ def load_image_folder(root: str | os.PathLike, *, resolution: int | None = None,
       with Image.open(path) as image:
         headers.append((image.size, image.mode))
     except OSError as e:
-      raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
+      raise errors.BadInputError(f"cannot read image {str(path)!r}: {e}") from e
 
   if resolution is None:
     sizes = sorted({size for size, _ in headers})
     if len(sizes) > 1:
-      raise ValueError(f"images under {str(root)!r} have different sizes {sizes[:4]}; set "
+      raise errors.BadInputError(f"images under {str(root)!r} have different sizes {sizes[:4]}; set "
                        "data.resolution to centre-crop and resize them to one size")
   resolution = _resolution(resolution, sizes[0] if resolution is None else None,
                            f"images under {str(root)!r}", f"image size under {str(root)!r}")
@@ -188,7 +189,7 @@ def load_image_folder(root: str | os.PathLike, *, resolution: int | None = None,
     grey_modes = ("1", "L", "LA", "I", "I;16", "F")
     channels = 1 if all(mode in grey_modes for _, mode in headers) else 3
   elif channels not in (1, 3):
-    raise ValueError(f"data.channels must be 1 or 3, got {channels!r}")
+    raise errors.BadInputError(f"data.channels must be 1 or 3, got {channels!r}")
 
   # Pass 2 decodes one image at a time into the preallocated uint8 array.
   images = np.empty((len(files), resolution, resolution, channels), np.uint8)
@@ -197,6 +198,6 @@ def load_image_folder(root: str | os.PathLike, *, resolution: int | None = None,
       with Image.open(path) as image:
         images[i] = _pil_to_array(_square_resize(_to_mode(image, channels), resolution))
     except OSError as e:
-      raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
+      raise errors.BadInputError(f"cannot read image {str(path)!r}: {e}") from e
   labels = np.array([label for _, label in files], np.int32)
   return images, labels, tuple(p.name for p in class_dirs)

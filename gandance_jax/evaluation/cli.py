@@ -21,6 +21,7 @@ import numpy as np
 from gandance_jax import checkpoint
 from gandance_jax import config_lib
 from gandance_jax import console
+from gandance_jax import errors
 from gandance_jax import multihost
 from gandance_jax.data import folder
 from gandance_jax.evaluation import evaluators
@@ -57,25 +58,36 @@ def default_specs(config: ml_collections.ConfigDict, empty_class: bool | None = 
       batch_size=int(s.batch_size)))]
 
 
-def _load_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-  """uint8 images [N, H, W, C] and labels (or None) of an ADM npz or a class folder."""
+def _load_images(path: str, num_classes: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+  """uint8 images [N, H, W, C] and labels (or None) of an ADM npz or a class folder.
+
+  Raises BadInputError naming the file and what is wrong (see fid.load_npz_images), labels
+  that are not N integers in [0, num_classes) included."""
   if os.path.isdir(path):
     images, labels, _ = folder.load_image_folder(path)
     return images, labels
   if not os.path.exists(path):
-    raise ValueError(f"config.eval_samples = {path!r} does not exist")
-  with np.load(path) as f:
-    if "arr_0" not in f.files:
-      raise ValueError(f"{path} has no arr_0 (ADM layout: arr_0 uint8 [N, H, W, C], arr_1 "
-                       f"labels); keys: {f.files}")
-    labels = np.asarray(f["arr_1"]) if "arr_1" in f.files else None
-  return fid_lib.load_npz_images(path), labels
+    raise errors.BadInputError(f"config.eval_samples = {path!r} does not exist")
+  images = fid_lib.load_npz_images(path)
+  _, f = fid_lib.read_npz(path, "labels ('arr_1' int [N])", ("arr_1",))
+  labels = f.get("arr_1")
+  if labels is not None:
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+      raise errors.BadInputError(
+          f"{path}: 'arr_1' must be {images.shape[0]} integer labels (one per image), got "
+          f"{labels.dtype} {list(labels.shape)}")
+    if num_classes and (labels.min() < 0 or labels.max() >= num_classes):
+      raise errors.BadInputError(
+          f"{path}: labels 'arr_1' out of range [{labels.min()}, {labels.max()}]; expected "
+          f"class ids in [0, {num_classes}) (config.generator.num_classes)")
+  return images, labels
 
 
 def evaluate_samples(config: ml_collections.ConfigDict, workdir: str, path: str
                      ) -> dict[str, float]:
   """FID / classifier metrics of the images in `path` against each spec's reference."""
-  images, labels = _load_images(path)
+  images, labels = _load_images(path, int(config.generator.num_classes or 0) or None)
   data = evaluators.EvalData(workdir, config.data)
   out: dict[str, float] = {}
   for spec in default_specs(config):

@@ -37,7 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from gandance_jax import images, multihost
+from gandance_jax import errors, images, multihost
 
 
 CONVENTIONS = ("pytorch_fid", "tf1")
@@ -380,12 +380,19 @@ def extract_shared(extractor: FeatureExtractor,
   return multihost.gather_rows(feats), multihost.gather_rows(logits)
 
 
-def run_cli(command: Callable[[], None]) -> int:
-  """Runs a command-line action: 0, or 1 with the error printed for the errors a user can
-  fix (a bad value, a missing optional package, a missing file)."""
-  try:
-    command()
-  except (ValueError, ImportError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+def run_cli(command: Callable[[], None], verbose: bool = False) -> int:
+  """Runs a command-line action through `errors.run_cli`: 0, or the exit code of the error
+  with one line on stderr for what a user can fix: a bad value or file content, a missing
+  file or optional package (2), an unwritable output (4). Other errors keep their traceback."""
+  def guarded() -> None:
+    try:
+      command()
+    except errors.UserError:
+      raise
+    except (ValueError, ImportError, FileNotFoundError) as e:
+      # These CLIs' own checks raise ValueError naming the file; a missing input is the
+      # user's to fix as well.
+      if isinstance(e, OSError) and e.errno in errors.IO_ERRNOS:
+        raise
+      raise errors.BadInputError(errors.one_line(e)) from e
+  return errors.run_cli(guarded, verbose=verbose)

@@ -38,13 +38,15 @@ import dataclasses
 import os
 import sys
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 
-from gandance_jax import multihost
+from gandance_jax import errors, multihost
 from gandance_jax.data.digits import load_digits
 from gandance_jax.evaluation import digits_classifier
 from gandance_jax.evaluation import features as features_lib
@@ -282,8 +284,108 @@ class FIDStatistics:
     return frechet_distance(self.mu, self.sigma, other.mu, other.sigma, **kwargs)
 
 
-def _str_key(f, key: str) -> str | None:
-  if key not in f.files:
+# What np.load / NpzFile raise on a truncated, empty or foreign file.
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def read_npz(path: str | os.PathLike, what: str, keys: Iterable[str]
+             ) -> tuple[list[str], dict[str, np.ndarray]]:
+  """(the file's array names, the arrays of `keys` it has), or BadInputError naming the file
+  and what is wrong with it (missing, empty, not an .npz, an .npy, truncated). `what` says
+  what the file should hold. Only `keys` are read (a reference batch also holds images)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise errors.BadInputError(f"{path} does not exist (expected {what})")
+  if os.path.isdir(path):
+    raise errors.BadInputError(f"{path} is a directory, expected an .npz file of {what}")
+  if os.path.getsize(path) == 0:
+    raise errors.BadInputError(f"{path} is empty (0 bytes), expected an .npz file of {what}")
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except _READ_ERRORS as e:
+    raise errors.BadInputError(f"{path} is not a readable .npz file of {what} "
+                               f"({type(e).__name__}: {errors.one_line(e)[:200]})") from e
+  if isinstance(loaded, np.ndarray):
+    raise errors.BadInputError(f"{path} is a single .npy array of shape {loaded.shape}, "
+                               f"expected an .npz file of {what}")
+  with loaded:
+    out = {}
+    for key in [k for k in keys if k in loaded.files]:
+      try:
+        out[key] = loaded[key]
+      except _READ_ERRORS as e:  # a truncated member: the directory read, the data not
+        raise errors.BadInputError(
+            f"{path}: array {key!r} is unreadable (truncated or corrupt file? "
+            f"{type(e).__name__}: {errors.one_line(e)[:200]}); expected {what}") from e
+    return list(loaded.files), out
+
+
+def check_statistics(mu: np.ndarray, sigma: np.ndarray, path: str, *, num_samples: int = -1,
+                     stored_dtype: Any = np.float64) -> None:
+  """Raises BadInputError naming `path` unless (mu [D], sigma [D, D]) can be a feature mean and
+  covariance: finite, sigma symmetric and positive semi-definite.
+
+  Tolerance: eigh is backward stable, so the eigenvalues of a PSD matrix come out >= -c D eps
+  ||S||_2; the covariance itself, accumulated over N samples, carries rounding of the order N
+  eps ||S||_2 (eps of the dtype the file stores). Negative eigenvalues and asymmetries beyond
+  max(D, N) eps ||S||_2 cannot come from rounding: the file is not a covariance.
+  """
+  mu, sigma = np.asarray(mu), np.asarray(sigma)
+  if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+    raise errors.BadInputError(f"{path}: statistics need mu [D] and sigma [D, D], got mu "
+                               f"{list(mu.shape)} and sigma {list(sigma.shape)}")
+  for name, a in (("mu", mu), ("sigma", sigma)):
+    if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
+      raise errors.BadInputError(f"{path}: {name} must be numbers, got dtype {a.dtype}")
+    bad = int((~np.isfinite(a)).sum())
+    if bad:
+      raise errors.BadInputError(f"{path}: {name} holds {bad} NaN/Inf values")
+  s = sigma.astype(np.float64)
+  w = np.linalg.eigvalsh(0.5 * (s + s.T))
+  norm = max(float(np.abs(w).max(initial=0.0)), np.finfo(np.float64).tiny)
+  eps = np.finfo(stored_dtype if np.issubdtype(stored_dtype, np.floating) else np.float64).eps
+  tol = max(s.shape[0], num_samples, 1) * eps * norm
+  asym = float(np.abs(s - s.T).max(initial=0.0))
+  if asym > tol:
+    raise errors.BadInputError(f"{path}: sigma is not symmetric (max |sigma - sigma^T| = "
+                               f"{asym:.3g} > {tol:.3g}): not a covariance matrix")
+  if w[0] < -tol:
+    raise errors.BadInputError(
+        f"{path}: sigma is not positive semi-definite (smallest eigenvalue {w[0]:.6g} < "
+        f"-{tol:.3g}, the rounding bound for D = {s.shape[0]}): not a covariance matrix")
+
+
+def check_images(images: np.ndarray, path: str, key: str = "arr_0") -> np.ndarray:
+  """`images` if they are an ADM-layout batch (uint8 [N, H, W, C], C in 1 or 3, N > 0), else
+  BadInputError naming `path` and what is wrong (a single image, NCHW, floats, ...)."""
+  shape = list(images.shape)
+  where = f"{path}: {key!r}"
+  if images.ndim == 3 and shape[-1] in (1, 3):
+    raise errors.BadInputError(f"{where} is a single image {shape}; expected a batch "
+                               "[N, H, W, C] (add a leading axis)")
+  if images.ndim != 4:
+    raise errors.BadInputError(f"{where} must be NHWC [N, H, W, C], got shape {shape}")
+  if shape[0] == 0:
+    raise errors.BadInputError(f"{where} holds no images (shape {shape})")
+  if shape[3] not in (1, 3):
+    hint = (" (NCHW? transpose to NHWC: x.transpose(0, 2, 3, 1))" if shape[1] in (1, 3)
+            else "")
+    raise errors.BadInputError(f"{where} must be NHWC [N, H, W, C] with C in (1, 3), got "
+                               f"shape {shape}{hint}")
+  if images.dtype != np.uint8:
+    hint = ""
+    if np.issubdtype(images.dtype, np.floating):
+      lo, hi = float(np.nanmin(images)), float(np.nanmax(images))
+      hint = (f" (floats in [{lo:.3g}, {hi:.3g}]: convert with "
+              "np.clip(np.rint(x), 0, 255).astype(np.uint8) for [0, 255], or "
+              "np.clip(np.rint((x + 1) * 127.5), 0, 255) for [-1, 1])")
+    raise errors.BadInputError(f"{where} must be uint8 in [0, 255] (the ADM layout), got "
+                               f"dtype {images.dtype}{hint}")
+  return images
+
+
+def _str_key(f: dict[str, np.ndarray], key: str) -> str | None:
+  if key not in f:
     return None
   return str(f[key][()])
 
@@ -305,17 +407,22 @@ def load_statistics(path: str | os.PathLike, *, convention: str | None = None,
       through `statistics_from_npz_images` instead.
   """
   mu_key, sigma_key = ("mu_s", "sigma_s") if spatial else ("mu", "sigma")
-  with np.load(os.fspath(path), allow_pickle=False) as f:
-    if mu_key not in f.files or sigma_key not in f.files:
-      hint = (" (it holds images 'arr_0': compute statistics with "
-              "statistics_from_npz_images)") if "arr_0" in f.files else ""
-      raise ValueError(f"{path}: no '{mu_key}'/'{sigma_key}' statistics; keys are "
-                       f"{sorted(f.files)}{hint}")
-    mu, sigma = f[mu_key], f[sigma_key]
+  files, f = read_npz(path, f"FID statistics ('{mu_key}' [D], '{sigma_key}' [D, D])",
+                      (mu_key, sigma_key, "convention", "extractor", "quantize", "num_samples"))
+  if mu_key not in f or sigma_key not in f:
+    hint = (" (it holds images 'arr_0': compute statistics with "
+            "statistics_from_npz_images)") if "arr_0" in files else ""
+    raise errors.BadInputError(f"{path}: no '{mu_key}'/'{sigma_key}' statistics; keys are "
+                               f"{sorted(files)}{hint}")
+  mu, sigma = f[mu_key], f[sigma_key]
+  try:
     rec_conv = _str_key(f, "convention")
     rec_ext = _str_key(f, "extractor")
     quantize = _str_key(f, "quantize") or ""
-    n = int(f["num_samples"][()]) if "num_samples" in f.files else -1
+    n = int(f["num_samples"][()]) if "num_samples" in f else -1
+  except (ValueError, TypeError, IndexError) as e:
+    raise errors.BadInputError(f"{path}: unreadable provenance keys ({e})") from e
+  check_statistics(mu, sigma, os.fspath(path), num_samples=n, stored_dtype=sigma.dtype)
   if spatial and rec_ext is None:
     rec_ext = COMMUNITY_EXTRACTOR.replace("pool3", "mixed_6_conv_spatial")
   for what, stated, recorded in (("convention", convention, rec_conv),
@@ -334,14 +441,35 @@ def load_statistics(path: str | os.PathLike, *, convention: str | None = None,
 
 
 def load_npz_images(path: str | os.PathLike, key: str = "arr_0") -> np.ndarray:
-  """The uint8 NHWC image batch of an ADM-layout npz (`arr_0`), e.g. for precision/recall."""
-  with np.load(os.fspath(path), allow_pickle=False) as f:
-    if key not in f.files:
-      raise ValueError(f"{path}: no '{key}' image array; keys are {sorted(f.files)}")
-    images = f[key]
-  if images.ndim != 4:
-    raise ValueError(f"{path}: '{key}' must be NHWC [N, H, W, C], got shape {images.shape}")
-  return images
+  """The uint8 NHWC image batch of an ADM-layout npz (`arr_0`), e.g. for precision/recall.
+
+  Raises BadInputError naming the file: unreadable, no `key`, or not uint8 [N, H, W, C]."""
+  files, f = read_npz(path, f"images ('{key}' uint8 [N, H, W, C])", (key,))
+  if key not in f:
+    raise errors.BadInputError(f"{path}: no '{key}' image array; keys are {sorted(files)}")
+  return check_images(f[key], os.fspath(path), key)
+
+
+def load_cached_reference(stats_path: str, features_path: str
+                          ) -> tuple[FIDStatistics, np.ndarray]:
+  """(statistics, features) of a reference cached under `<workdir>/reference/`; a corrupt
+  cache raises BadInputError saying which file, and that deleting it is safe."""
+  try:
+    stats = load_statistics(stats_path)
+    try:
+      feats = np.load(features_path, allow_pickle=False)
+    except _READ_ERRORS as e:
+      raise errors.BadInputError(f"{features_path} is unreadable ({type(e).__name__}: "
+                                 f"{errors.one_line(e)[:200]})") from e
+    if feats.ndim != 2 or feats.shape[1] != stats.dim or not np.isfinite(feats).all():
+      raise errors.BadInputError(f"{features_path}: features must be finite [N, {stats.dim}], "
+                                 f"got shape {list(feats.shape)}")
+  except errors.BadInputError as e:
+    raise errors.BadInputError(
+        f"corrupt cached reference: {e}. The files under {os.path.dirname(stats_path)} are "
+        "a cache of the real data's statistics: deleting them is safe (they are recomputed)"
+    ) from e
+  return stats, feats
 
 
 def compute_statistics(extractor: features_lib.FeatureExtractor,

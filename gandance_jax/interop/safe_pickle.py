@@ -19,8 +19,10 @@ import pickle
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
+from gandance_jax import errors
 
-class InteropError(ValueError):
+
+class InteropError(errors.BadInputError):
   """A weight file could not be read; the message names the file and what was expected."""
 
 

@@ -23,6 +23,7 @@ step. A restarted run therefore recomputes exactly what the uninterrupted run co
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ from jax.experimental import multihost_utils
 from gandance_jax import checkpoint as checkpoint_lib
 from gandance_jax import console
 from gandance_jax import data as data_lib
+from gandance_jax import errors
 from gandance_jax import images as images_lib
 from gandance_jax import multihost
 from gandance_jax import report as report_lib
@@ -53,8 +55,76 @@ from gandance_jax.train.step import TrainStep
 _GRID_KEY = 7
 
 
-class NonFiniteLossError(FloatingPointError):
-  """A loss (or the state) became NaN/inf; the message names the step and the loss."""
+class NonFiniteLossError(errors.UserError, FloatingPointError):
+  """A loss (or the state) became NaN/inf; the message names the step and the loss (exit 1)."""
+
+  exit_code = errors.ExitCode.NON_FINITE
+
+
+class ConfigChangedError(errors.BadInputError):
+  """The config differs from the one the workdir's checkpoints were trained with (exit 2)."""
+
+
+# Fields that may differ from config.json when a run resumes (dotted prefixes): how long to
+# train, what to log, evaluate and keep, and where the data lie. Any other change (networks,
+# losses, optimizer, batch size, seed) makes the checkpoints another run's: refused unless
+# --allow_config_change.
+RESUME_SAFE_FIELDS = (
+    "train.total_kimg", "evals", "best_metric", "best_mode", "eval_samples", "sample",
+    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "sample_every_steps",
+    "grid_per_class", "prefetch", "data.data_dir")
+
+
+def _is_resume_safe(field: str) -> bool:
+  return any(field == f or field.startswith(f + ".") for f in RESUME_SAFE_FIELDS)
+
+
+def check_config_change(workdir: str, config: dict[str, Any],
+                        allow_config_change: bool = False) -> list[tuple[str, Any, Any]]:
+  """Compares `config` with the workdir's config.json when the workdir has checkpoints.
+
+  Returns the differences (dotted field, stored, current); raises ConfigChangedError listing
+  them when one is outside RESUME_SAFE_FIELDS and `allow_config_change` is False. Reads only.
+  """
+  path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
+  ckpt_dir = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
+  has_checkpoints = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+  if not has_checkpoints or not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.BadInputError(
+        f"{path} is unreadable ({type(e).__name__}: {e}); it records the config of the "
+        "checkpoints in this workdir: restore it, or pass --allow_config_change to resume "
+        "with the current config") from None
+  diff = checkpoint_lib.config_diff(stored, config)
+  unsafe = [d for d in diff if not _is_resume_safe(d[0])]
+  lines = "; ".join(f"{field}: {old!r} -> {new!r}" for field, old, new in diff)
+  if unsafe and not allow_config_change:
+    raise ConfigChangedError(
+        f"the config differs from {path}, which the checkpoints in {ckpt_dir} were trained "
+        f"with: {lines}. Fields {[d[0] for d in unsafe]} change the run itself: use the same "
+        "config (e.g. the same ':shrink' and overrides), or a new --workdir; "
+        "--allow_config_change resumes anyway (only fields of the same shapes can be "
+        f"restored). Safe to change on resume: {list(RESUME_SAFE_FIELDS)}")
+  if diff:
+    logging.warning("Config changed since %s: %s", path, lines)
+  return diff
+
+
+def check_workdir(workdir: str) -> None:
+  """Raises WorkdirIOError if `workdir` cannot be a run's directory (a file in the way)."""
+  path = os.path.abspath(workdir)
+  while path and not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise errors.WorkdirIOError(
+        f"--workdir {workdir!r} cannot be created: {path!r} is a file, expected a directory")
 
 
 class Preempted(Exception):
@@ -140,13 +210,13 @@ def total_steps(t: TrainHParams) -> int:
 
 
 def check_source(hp: HParams, source: Any) -> None:
-  """Raises ValueError naming the field where the networks do not fit the data."""
+  """Raises BadInputError naming the field where the networks do not fit the data."""
   checks = (("generator.num_classes", hp.generator["num_classes"], source.num_classes),
             ("generator.resolution", hp.generator["resolution"], source.resolution),
             ("generator.img_channels", hp.generator["img_channels"], source.channels))
   for field, want, got in checks:
     if want != got:
-      raise ValueError(f"config.{field} = {want} is invalid: the data source "
+      raise errors.BadInputError(f"config.{field} = {want} is invalid: the data source "
                        f"{hp.data['name']!r} has {got}")
 
 
@@ -198,10 +268,12 @@ def _place(tree: Any, sharding: Any) -> Any:
       lambda x: x if isinstance(x, jax.Array) else multihost.to_global(x, sharding), tree)
 
 
-def _initial_state(hp: HParams, built: Built, ckpt: Any, replicated: Any
+def _initial_state(hp: HParams, built: Built, ckpt: Any, replicated: Any,
+                   restart_from_scratch: bool = False
                    ) -> tuple[state_lib.TrainState, int, bool]:
   """(state, step, resumed): the newest readable checkpoint, a warm start, or a fresh one."""
-  restored = ckpt.restore_latest(abstract_train_state(built.init_fn, replicated))
+  restored = ckpt.restore_latest(abstract_train_state(built.init_fn, replicated),
+                                 restart_if_unreadable=restart_from_scratch)
   if restored is not None:
     logging.info("Resumed from the checkpoint at step %d.", restored[1])
     return restored[0], restored[1], True
@@ -219,17 +291,30 @@ def _initial_state(hp: HParams, built: Built, ckpt: Any, replicated: Any
 
 
 class MetricsLogger:
-  """Device metrics of each step, fetched and written (means per interval) on `log`."""
+  """Device metrics of each step, fetched and written (means per interval) on `log`.
 
-  def __init__(self, writer: Any, path: str, batch_size: int, step: int):
+  A checkpoint saved mid-interval stores the interval's fetched rows (`rows`, passed back as
+  `pending` on resume), so a resumed run writes the same records as an uninterrupted one.
+  """
+
+  def __init__(self, writer: Any, path: str, batch_size: int, step: int,
+               pending: Any = ()):
     self.writer, self.path, self.batch_size = writer, path, batch_size
     self.buffer = MetricsBuffer()
     self.tick = (time.time(), step)
     self.progress: console.Progress | None = None  # shows the losses of each flush
+    # Fetched and checked, not yet written: [(step, {name: value})] of the current interval.
+    self.rows: list[tuple[int, dict[str, float]]] = [
+        (int(s), {k: float(v) for k, v in values.items()}) for s, values in pending]
+
+  def check(self) -> None:
+    """Fetches the pending device metrics; raises NonFiniteLossError on a non-finite one."""
+    self.rows.extend(self.buffer.flush())
 
   def log(self, step: int) -> None:
     """Raises NonFiniteLossError on a non-finite value; one record per call with data."""
-    rows = self.buffer.flush()
+    self.check()
+    rows, self.rows = self.rows, []
     if not rows:
       return
     means = _interval_means(rows)
@@ -260,6 +345,19 @@ class Run:
   grid_labels: np.ndarray
 
 
+def _non_finite_parts(state: state_lib.TrainState) -> str:
+  """Which parts of the state hold a NaN/inf ('G', 'D', 'G EMA', other fields by name); run
+  on the host once training has already failed, so its cost does not matter."""
+  names = {"g_params": "G", "d_params": "D", "g_ema_params": "G EMA"}
+  bad = []
+  for f in dataclasses.fields(state):
+    leaves = jax.tree.leaves(getattr(state, f.name))
+    host = [np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x) for x in leaves]
+    if any(np.issubdtype(h.dtype, np.floating) and not np.isfinite(h).all() for h in host):
+      bad.append(names.get(f.name, f.name))
+  return ", ".join(bad) or "the state"
+
+
 class Saver:
   """Saves a checkpoint once per step, after checking losses and parameters."""
 
@@ -269,10 +367,13 @@ class Saver:
   def save(self, run: Run, state: state_lib.TrainState, step: int) -> None:
     if step == self.last_saved:
       return
-    run.logger.log(step)  # raises on non-finite losses before anything bad is saved
+    run.logger.check()  # raises on non-finite losses before anything bad is saved
     if not bool(sharding_lib.fetch(run.params_finite(state))):
-      raise NonFiniteLossError(f"non-finite parameters after step {step}")
-    run.ckpt.save(state, step, run.hp.config)
+      raise NonFiniteLossError(f"non-finite parameters of {_non_finite_parts(state)} after "
+                               f"step {step}")
+    # The metrics interval is not cut here: its rows so far travel with the checkpoint.
+    run.ckpt.save(state, step, run.hp.config,
+                  extra_meta={"metrics_pending": [[s, v] for s, v in run.logger.rows]})
     self.last_saved = step
 
 
@@ -341,26 +442,44 @@ def periodic(run: Run, saver: Saver, watcher: PreemptionWatcher, state: state_li
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(hp: HParams, workdir: str) -> state_lib.TrainState:
+def train(hp: HParams, workdir: str, *, allow_config_change: bool = False,
+          restart_from_scratch: bool = False) -> state_lib.TrainState:
   """Trains (or resumes) the run in `workdir`; returns the final state.
 
+  Everything is checked (workdir, batch split, data, the config against the checkpoints'
+  config.json, the restore) before config.json is written: a start that fails leaves the
+  workdir as it was.
+
+  Args:
+    allow_config_change: resume although fields outside RESUME_SAFE_FIELDS changed.
+    restart_from_scratch: when no checkpoint can be restored, move them all to
+      corrupt_checkpoints/ and start fresh (default: stop with CorruptCheckpointError).
+
   Raises:
+    ConfigChangedError / errors.BadInputError: the config does not fit the workdir or data.
+    checkpoint.CorruptCheckpointError: checkpoints exist but none can be restored.
+    checkpoint.SaveFailedError: a checkpoint save failed (disk full, permission).
     NonFiniteLossError: a loss or the state became non-finite (the last good checkpoint
       is kept).
     Preempted: SIGTERM was received (after saving a checkpoint).
   """
-  # clu's writers import TensorFlow (seconds): only here, so that tools that just build the
-  # step (gandance_jax/train/aot.py) start fast.
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
-
   # --- 1. Mesh, input. ---------------------------------------------------------------
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint_lib.save_config(workdir, hp.config)
+  # Nothing is written before every check has passed (config.json last, once restored).
+  check_workdir(workdir)
   mesh = sharding_lib.make_mesh(hp.mesh_data)
-  sharding_lib.check_batch_size(hp, mesh)
+  try:
+    sharding_lib.check_batch_size(hp, mesh)
+    source = data_lib.make_source(hp.data)
+  except (ValueError, FileNotFoundError) as e:
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.BadInputError(errors.one_line(e)) from e
   replicated = sharding_lib.replicated(mesh)
-  source = data_lib.make_source(hp.data)
   check_source(hp, source)
+  check_config_change(workdir, hp.config, allow_config_change)
+  # clu's writers import TensorFlow (seconds): only here, after the checks (a refused start
+  # stays fast), so that tools that just build the step (train/aot.py) start fast too.
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   batch_size, num_steps = hp.train.batch_size, total_steps(hp.train)
   logging.info("Training %s: %d steps of %d images on %d devices (%d processes); workdir %s",
                hp.data["name"], num_steps, batch_size, mesh.devices.size,
@@ -369,7 +488,12 @@ def train(hp: HParams, workdir: str) -> state_lib.TrainState:
   # --- 2. Models, optimizers, jitted phases; 3. the state: resumed, warm or fresh. ------
   built = build(hp, mesh)
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=hp.keep_checkpoints)
-  state, step, resumed = _initial_state(hp, built, ckpt, replicated)
+  try:
+    state, step, resumed = _initial_state(hp, built, ckpt, replicated, restart_from_scratch)
+  except BaseException:
+    ckpt.manager.close()
+    raise
+  checkpoint_lib.save_config(workdir, hp.config)
   num_params = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   logging.info("G: %d params, D: %d params, num_ws %d", num_params(state.g_params),
                num_params(state.d_params), built.G.num_ws)
@@ -390,7 +514,8 @@ def train(hp: HParams, workdir: str) -> state_lib.TrainState:
       num_train_steps=num_steps, writer=writer, every_steps=hp.log_every_steps)
   run = Run(
       hp=hp, workdir=workdir, G=built.G, params_finite=built.params_finite, ckpt=ckpt,
-      logger=MetricsLogger(writer, checkpoint_lib.metrics_path(workdir), batch_size, step),
+      logger=MetricsLogger(writer, checkpoint_lib.metrics_path(workdir), batch_size, step,
+                           ckpt.restored_meta.get("metrics_pending", ()) if resumed else ()),
       suite=evaluators.Suite(hp.evals, evaluators.EvalData(workdir, hp.data)),
       best=(checkpoint_lib.BestSnapshot(workdir, hp.best_metric, hp.best_mode)
             if hp.best_metric else None),

@@ -47,6 +47,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from gandance_jax import errors
 from gandance_jax import interop
 from gandance_jax import multihost
 from gandance_jax.networks import stylegan2
@@ -57,7 +58,7 @@ INIT_EMPTY = ("mean", "init")
 PyTree = Any
 
 
-class WarmStartError(ValueError):
+class WarmStartError(errors.BadInputError):
   """The pre-trained weights do not fit the config; the message names the leaf."""
 
 

@@ -210,8 +210,7 @@ class EvalData:
       # Collective decision: a process that sees no cache (another filesystem, a file
       # removed since) must not be the only one to enter the gathers below.
       if multihost.all_true(os.path.exists(cache) and os.path.exists(feats_cache)):
-        stats = fid_lib.load_statistics(cache)
-        feats = np.load(feats_cache)
+        stats, feats = fid_lib.load_cached_reference(cache, feats_cache)
       else:
         # Each process featurises its share of the real images; statistics are merged and
         # features gathered across processes.
