@@ -47,7 +47,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gandance_jax.networks import stylegan2
+from gandance_jax.networks import biggan, families, stylegan2
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"  # One JSON record per line: {"step": ..., metric: value}.
@@ -55,6 +55,7 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
 BEST_DIR = "best_checkpoint"
 _G_EMA_FIELDS = ("g_ema_params", "g_buffers")
+STANDING_STATS_KEY = 11  # fold_in purpose of the seed's key (train/state.py uses the same).
 
 PyTree = Any
 TrainState = Any  # A dataclass pytree with g_ema_params and g_buffers (train/state.py).
@@ -354,6 +355,20 @@ class BestSnapshot:
     self.manager.close()
 
 
+def _biggan_sampling_variables(G: biggan.Generator, item: Mapping[str, Any],
+                               config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """BigGAN's G EMA {'params', 'batch_stats'} from its g_ema item, with the standing
+  statistics of `config.train.standing_stats` (as train/state.py's sampling_variables)."""
+  variables = {"params": item["params"], biggan.STATS: item["buffers"]["ema_batch_stats"]}
+  t = config.train
+  num = int(t.get("standing_stats", 0) or 0)
+  if num > 0:
+    key = jax.random.fold_in(jax.random.key(int(config.seed)), STANDING_STATS_KEY)
+    variables = biggan.accumulate_standing_stats(
+        G, variables, key, num, int(t.batch_size) // int(t.get("num_D_steps", 1)))
+  return variables
+
+
 def load_generator(workdir: str, step: int | None = None, *,
                    sharding: jax.sharding.Sharding | None = None, best: bool = False
                    ) -> tuple[stylegan2.Generator, dict[str, Any], ml_collections.ConfigDict,
@@ -371,7 +386,9 @@ def load_generator(workdir: str, step: int | None = None, *,
       any device count, and for several processes when every process calls this).
     best: read the best in-loop snapshot (`BestSnapshot`, config.best_metric) instead.
   Returns:
-    (G module, {'params', 'buffers'} variables, the run's config, the step).
+    (G module, {'params', 'buffers'} variables (BigGAN: {'params', 'batch_stats'} of G EMA,
+    standing statistics re-estimated if the run's train.standing_stats > 0), the run's
+    config, the step).
   Raises:
     FileNotFoundError if there is no (readable) checkpoint.
   """
@@ -396,8 +413,12 @@ def load_generator(workdir: str, step: int | None = None, *,
     try:
       meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
       config = config_from_dict(meta["config"])
-      G = stylegan2.Generator(**config.generator.to_dict())
-      abstract = jax.eval_shape(lambda: stylegan2.init_generator(G, jax.random.key(0)))
+      G = families.make_generator(config.generator.to_dict())
+      abstract = jax.eval_shape(lambda: families.init_generator(G, jax.random.key(0)))
+      if families.is_biggan(G):  # The g_ema item of BigGAN (train/state.py's layout).
+        stats = abstract[biggan.STATS]
+        abstract = {"params": abstract["params"],
+                    "buffers": {"batch_stats": stats, "ema_batch_stats": stats}}
       abstract = jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
       g_vars = manager.restore(s, args=ocp.args.Composite(
@@ -406,6 +427,8 @@ def load_generator(workdir: str, step: int | None = None, *,
       if got != meta["fingerprint_g_ema"]:
         raise CorruptCheckpointError(f"fingerprint {got} != {meta['fingerprint_g_ema']}")
       manager.close()
+      if families.is_biggan(G):
+        g_vars = _biggan_sampling_variables(G, g_vars, config)
       return G, dict(g_vars), config, s
     except Exception as e:  # pylint: disable=broad-except
       logging.error("Generator checkpoint at step %d in %s is unreadable (%s: %s)%s", s,
