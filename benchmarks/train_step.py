@@ -29,6 +29,9 @@ CONFIGS = {
     # `:shrink` widths so that a CPU finishes; batch 32.
     "cifar": ("configs/cifar10.py", "shrink", {"train.batch_size": 32},
               "configs/cifar10.py:shrink widths (32 ch), 32x32x3, batch 32"),
+    # BigGAN (train/step_biggan.py): 4 D steps of 16 + a G step per step of 64 images.
+    "biggan_digits": ("configs/biggan_digits.py", "", {},
+                      "configs/biggan_digits.py (BigGAN ch 8, 32x32x1, batch 64 = 4 D x 16)"),
 }
 
 
@@ -58,7 +61,7 @@ def _worker(name: str, steps: int) -> None:
   g_tx, d_tx = state_lib.make_optimizers(hp.train)
   state = jax.jit(lambda: state_lib.init_train_state(hp, G, D, g_tx, d_tx),
                   out_shardings=sharding.replicated(mesh))()
-  train_step = step_lib.TrainStep(hp.train, G, D, g_tx, d_tx, mesh)
+  train_step = step_lib.make_train_step(hp.train, G, D, g_tx, d_tx, mesh)
   b, r, c = config.train.batch_size, config.data.resolution, config.generator.img_channels
   rng = np.random.default_rng(0)
   batch = next(sharding.global_batches([
@@ -68,7 +71,8 @@ def _worker(name: str, steps: int) -> None:
 
   # Warm-up: one pass over the lazy schedule compiles every phase.
   t0 = time.perf_counter()
-  period = max(int(config.train.r1_interval), int(config.train.pl_interval))
+  period = (1 if hp.train.family == "biggan" else  # BigGAN: no lazy phases
+            max(int(config.train.r1_interval), int(config.train.pl_interval)))
   for i in range(period):
     state, _ = train_step(state, batch, i)
   jax.block_until_ready(state)

@@ -268,6 +268,9 @@ def _validate_biggan(config: ml_collections.ConfigDict) -> None:
   _number(t, "ema_decay", "train", lo=0, hi=1)
   _positive_int(t, "ema_start", "train", allow_zero=True)
   _positive_int(t, "standing_stats", "train", allow_zero=True)
+  if t.init_from:
+    _fail("train.init_from", t.init_from, "warm starts are StyleGAN2-only for now: BigGAN "
+          "trains from scratch ('')")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> hparams_lib.HParams:

@@ -225,6 +225,7 @@ def test_standing_stats_are_the_batch_statistics(tiny):
     (dict(train__batch_size=6, train__num_D_steps=4), "train.batch_size"),
     (dict(train__r1_gamma=1.0), "train.r1_gamma"),
     (dict(train__loss="ns"), "train.loss"),
+    (dict(train__init_from="/some/G.pth"), "train.init_from"),
 ])
 def test_bad_config_names_the_field(overrides, field):
   with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
