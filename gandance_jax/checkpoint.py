@@ -55,7 +55,8 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
 BEST_DIR = "best_checkpoint"
 _G_EMA_FIELDS = ("g_ema_params", "g_buffers")
-STANDING_STATS_KEY = 11  # fold_in purpose of the seed's key (train/state.py uses the same).
+STANDING_STATS_KEY = 11    # fold_in purpose of the seed's key for BigGAN's standing statistics.
+STANDING_BATCH_MAX = 256   # Largest batch of one standing-statistics forward.
 
 PyTree = Any
 TrainState = Any  # A dataclass pytree with g_ema_params and g_buffers (train/state.py).
@@ -355,18 +356,29 @@ class BestSnapshot:
     self.manager.close()
 
 
+def standing_stats(G: biggan.Generator, variables: Mapping[str, Any], seed: int,
+                   num_accumulations: int, batch_size: int, num_D_steps: int
+                   ) -> dict[str, Any]:
+  """BigGAN G EMA's variables with standing statistics (`biggan.accumulate_standing_stats`)
+  over `num_accumulations` forwards of one D step's batch (batch_size / num_D_steps, at most
+  STANDING_BATCH_MAX: the reference's per-iteration batch), from a key of the run's seed;
+  unchanged when num_accumulations is 0. Training and `load_generator` both use this, so a
+  run's grids and evaluations and the CLIs sample the same generator."""
+  if num_accumulations <= 0:
+    return dict(variables)
+  key = jax.random.fold_in(jax.random.key(int(seed)), STANDING_STATS_KEY)
+  batch = min(int(batch_size) // int(num_D_steps), STANDING_BATCH_MAX)
+  return biggan.accumulate_standing_stats(G, variables, key, int(num_accumulations), batch)
+
+
 def _biggan_sampling_variables(G: biggan.Generator, item: Mapping[str, Any],
                                config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """BigGAN's G EMA {'params', 'batch_stats'} from its g_ema item, with the standing
-  statistics of `config.train.standing_stats` (as train/state.py's sampling_variables)."""
+  """BigGAN's G EMA {'params', 'batch_stats'} from its g_ema item, with the run's standing
+  statistics (config.train.standing_stats)."""
   variables = {"params": item["params"], biggan.STATS: item["buffers"]["ema_batch_stats"]}
   t = config.train
-  num = int(t.get("standing_stats", 0) or 0)
-  if num > 0:
-    key = jax.random.fold_in(jax.random.key(int(config.seed)), STANDING_STATS_KEY)
-    variables = biggan.accumulate_standing_stats(
-        G, variables, key, num, int(t.batch_size) // int(t.get("num_D_steps", 1)))
-  return variables
+  return standing_stats(G, variables, int(config.seed), int(t.get("standing_stats", 0) or 0),
+                        int(t.batch_size), int(t.get("num_D_steps", 1)))
 
 
 def load_generator(workdir: str, step: int | None = None, *,

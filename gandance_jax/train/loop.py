@@ -44,9 +44,9 @@ from gandance_jax.evaluation import evaluators
 from gandance_jax.train import curves
 from gandance_jax.train import sharding as sharding_lib
 from gandance_jax.train import state as state_lib
+from gandance_jax.train import step as step_lib
 from gandance_jax.train import warm_start
 from gandance_jax.train.hparams import HParams, TrainHParams
-from gandance_jax.train import step as step_lib
 
 # fold_in purpose of the root key for the periodic sample grids (one z per grid cell).
 _GRID_KEY = 7

@@ -38,14 +38,13 @@ import jax.numpy as jnp
 import optax
 
 from gandance_jax import checkpoint
-from gandance_jax.networks import biggan, families
+from gandance_jax.networks import families
 from gandance_jax.networks import stylegan2
 from gandance_jax.train import hparams as hparams_lib
 from gandance_jax.train.hparams import HParams, TrainHParams
 
 Array = jax.Array
 PyTree = Any
-STANDING_STATS_KEY = checkpoint.STANDING_STATS_KEY  # seed key purpose of standing stats
 
 
 @flax.struct.dataclass
@@ -170,14 +169,13 @@ def init_train_state(hp: HParams, G: stylegan2.Generator,
 
 def sampling_variables(hp: HParams, G: Any, state: TrainState) -> dict[str, PyTree]:
   """G EMA's variables for sampling: `state.g_ema_variables`, with BigGAN's standing
-  statistics re-estimated when `train.standing_stats` > 0 (a fixed key: the same statistics
-  for the same state)."""
-  variables = state.g_ema_variables
-  if families.is_biggan(G) and hp.train.standing_stats > 0:
-    variables = biggan.accumulate_standing_stats(
-        G, variables, jax.random.fold_in(jax.random.key(hp.seed), STANDING_STATS_KEY),
-        int(hp.train.standing_stats), int(hp.train.batch_size) // int(hp.train.num_D_steps))
-  return variables
+  statistics re-estimated when `train.standing_stats` > 0 (checkpoint.standing_stats: a key
+  of the seed, so the same statistics for the same state, in the loop and in the CLIs)."""
+  if not families.is_biggan(G):
+    return state.g_ema_variables
+  t = hp.train
+  return checkpoint.standing_stats(G, state.g_ema_variables, hp.seed, t.standing_stats,
+                                   t.batch_size, t.num_D_steps)
 
 
 def params_are_finite(state: TrainState) -> Array:

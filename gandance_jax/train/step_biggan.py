@@ -114,9 +114,9 @@ class BigGANPhaseFns:
   d_tx: optax.GradientTransformation
   batch_sharding: NamedSharding | None = None
 
-  def _key(self, state: TrainState, purpose: int, draw: int) -> Array:
+  def _key(self, state: TrainState, purpose: int | Array, draw: int) -> Array:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    return jax.random.fold_in(jax.random.fold_in(key, int(purpose)), int(draw))
+    return jax.random.fold_in(jax.random.fold_in(key, purpose), int(draw))
 
   def _constrain(self, x: Array) -> Array:
     if self.batch_sharding is None:
@@ -129,14 +129,18 @@ class BigGANPhaseFns:
     return augment_lib.augment(images, key, state.augment_p,
                                augment_lib.parse_policy(self.t.augment_policy))
 
-  def chunk(self, batch: Batch, i: int) -> tuple[Array, Array]:
+  def chunk(self, batch: Batch, i: int | Array) -> tuple[Array, Array]:
     """(images, labels) of D step i: rows i, i + n, i + 2n, ... of the batch (strided, so
     that each device keeps its own rows of every chunk)."""
     n = int(self.t.num_D_steps)
-    take = lambda x: self._constrain(x.reshape((x.shape[0] // n, n) + x.shape[1:])[:, i])
+
+    def take(x):
+      x = x.reshape((x.shape[0] // n, n) + x.shape[1:])
+      return self._constrain(jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False))
     return take(batch["image"]), take(batch["label"])
 
-  def fake_inputs(self, state: TrainState, purpose: int, b: int) -> tuple[Array, Array, Array]:
+  def fake_inputs(self, state: TrainState, purpose: int | Array, b: int
+                  ) -> tuple[Array, Array, Array]:
     """(z [b, z_dim], uniform fake labels gy [b], reset uniforms [b]) of one phase."""
     key = lambda d: self._key(state, purpose, d)
     z = self._constrain(jax.random.normal(key(Draw.Z), (b, self.G.z_dim)))
@@ -164,12 +168,12 @@ class BigGANPhaseFns:
   # ------------------------------------------------------------------------- phases
 
   def d_main(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    """num_D_steps hinge-loss D steps, each on its own chunk of the batch."""
+    """num_D_steps hinge-loss D steps, each on its own chunk of the batch (a fori_loop: one
+    D step to compile whatever num_D_steps is)."""
     n = int(self.t.num_D_steps)
-    g_stats = state.g_buffers["batch_stats"]
-    d_params, d_stats, d_opt = state.d_params, state.d_buffers["batch_stats"], state.d_opt_state
-    sums = {"loss/D_real": 0.0, "loss/D_fake": 0.0, "scores/real": 0.0, "scores/fake": 0.0}
-    for i in range(n):
+
+    def d_step(i, carry):
+      g_stats, d_params, d_stats, d_opt, sums = carry
       reals, labels = self.chunk(batch, i)
       purpose = int(Purpose.D_STEP) + i
       z, gy, u = self.fake_inputs(state, purpose, labels.shape[0])
@@ -180,8 +184,9 @@ class BigGANPhaseFns:
       reals = self._augment(state, reals, self._key(state, purpose, Draw.AUG_REAL))
       images = jnp.concatenate([fakes, reals], axis=0)
       both = jnp.concatenate([gy, labels], axis=0)
+      b = fakes.shape[0]
 
-      def loss_fn(params, d_stats=d_stats, images=images, both=both, b=fakes.shape[0]):
+      def loss_fn(params):
         logits, new_stats = self.run_d(params, d_stats, images, both)
         fake_logits, real_logits = logits[:b], logits[b:]
         loss_real, loss_fake = hinge_d_loss(fake_logits, real_logits)
@@ -192,14 +197,19 @@ class BigGANPhaseFns:
           jax.value_and_grad(loss_fn, has_aux=True)(d_params))
       updates, d_opt = self.d_tx.update(grads, d_opt, d_params)
       d_params = optax.apply_updates(d_params, updates)
-      for k, v in (("loss/D_real", loss_real), ("loss/D_fake", loss_fake),
-                   ("scores/real", jnp.mean(real_logits)),
-                   ("scores/fake", jnp.mean(fake_logits))):
-        sums[k] = sums[k] + v / n
+      step_metrics = jnp.stack([loss_real, loss_fake, jnp.mean(real_logits),
+                                jnp.mean(fake_logits)])
+      return g_stats, d_params, d_stats, d_opt, sums + step_metrics / n
+
+    carry = (state.g_buffers["batch_stats"], state.d_params, state.d_buffers["batch_stats"],
+             state.d_opt_state, jnp.zeros((4,), jnp.float32))
+    g_stats, d_params, d_stats, d_opt, sums = jax.lax.fori_loop(0, n, d_step, carry)
     state = state.replace(
         d_params=d_params, d_opt_state=d_opt, d_buffers={"batch_stats": d_stats},
         g_buffers=dict(state.g_buffers, batch_stats=g_stats))
-    return state, {"loss/D": sums["loss/D_real"] + sums["loss/D_fake"], **sums}
+    names = ("loss/D_real", "loss/D_fake", "scores/real", "scores/fake")
+    metrics = {name: sums[k] for k, name in enumerate(names)}
+    return state, {"loss/D": sums[0] + sums[1], **metrics}
 
   def g_main(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     """Hinge G step on batch_size / num_D_steps fakes (+ G_ortho)."""
