@@ -14,6 +14,12 @@ ADM .npz (sample_cli.write_npz_stream) in a fresh process for two N; the peak RS
 printed (it should not grow with N).
 
   python benchmarks/sampling.py [--batch 8] [--rounds 3] [--rss 1000,10000]
+  python benchmarks/sampling.py --family=biggan --rss=''   # the paper's BigGAN at 128x128
+
+`--family=biggan`: the speed test on the paper's BigGAN generator (configs/biggan_imagenet128.py:
+ch 96, 128x128, hierarchical z 120, shared_dim 128, attention at 64, 1000 classes + empty),
+random weights; its "mapping" is the shared class embedding and the z chunks
+(networks/biggan.py), so the FLOP bound of training-free guidance is small.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))   # bench_lib
 
 from gandance_jax import images, sample_cli  # pylint: disable=wrong-import-position
-from gandance_jax.networks import stylegan2  # pylint: disable=wrong-import-position
+from gandance_jax.networks import biggan, stylegan2  # pylint: disable=wrong-import-position
 from gandance_jax import sampler as sampler_lib  # pylint: disable=wrong-import-position
 
 IMAGENET64 = dict(z_dim=512, w_dim=512, num_classes=1000, empty_class=True, resolution=64,
@@ -62,9 +68,17 @@ def _current_rss_mib() -> float:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def speed(batch: int, rounds: int) -> None:
-  G = stylegan2.Generator(**IMAGENET64)
-  v = stylegan2.init_generator(G, jax.random.key(0))
+BIGGAN128 = dict(num_classes=1000, empty_class=True, resolution=128, ch=96, dim_z=120,
+                 shared_dim=128, hier=True, attention="64", sn_eps=1e-6)
+
+
+def speed(batch: int, rounds: int, family: str = "stylegan2") -> None:
+  if family == "biggan":
+    G = biggan.Generator(**BIGGAN128)
+    v = biggan.init_generator(G, jax.random.key(0))
+  else:
+    G = stylegan2.Generator(**IMAGENET64)
+    v = stylegan2.init_generator(G, jax.random.key(0))
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(v["params"]))
   print(f"generator: {n_params / 1e6:.1f}M parameters, num_ws={G.num_ws}, batch={batch}, "
         f"devices={jax.devices()}")
@@ -112,7 +126,8 @@ def measure(G: stylegan2.Generator, v, batch: int, rounds: int, modes=MODES,
   f_map = _flops(mapping.lower(v, z, labels).compile()) / batch
   ws = jnp.zeros((batch, G.num_ws, G.w_dim))
   f_syn = _flops(synthesis.lower(v, ws).compile()) / batch
-  f_syn_conv = analytic_synthesis_flops(G)
+  f_syn_conv = (analytic_synthesis_flops(G) if isinstance(G, stylegan2.Generator)
+                else float("nan"))
 
   key = jax.random.key(0)
   samplers, prog_flops, compile_s = {}, {}, {}
@@ -246,13 +261,15 @@ def main() -> None:
   parser.add_argument("--rss", default="1000,10000", help="N values of the memory test, '' = skip")
   parser.add_argument("--rss-batch", type=int, default=250)
   parser.add_argument("--skip-speed", action="store_true")
+  parser.add_argument("--family", default="stylegan2", choices=("stylegan2", "biggan"),
+                      help="generator of the speed test")
   parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.rss_child:
     rss_child(args.rss_child, args.batch)
     return
   if not args.skip_speed:
-    speed(args.batch, args.rounds)
+    speed(args.batch, args.rounds, args.family)
   if args.rss:
     rss([int(n) for n in args.rss.split(",")], args.rss_batch)
 

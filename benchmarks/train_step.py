@@ -41,6 +41,9 @@ CONFIGS = {
     "cifar10": ("configs/cifar10.py", "", {"train.batch_size": 4,
                                            "discriminator.mbstd_group_size": 4},
                 "configs/cifar10.py (512 ch), 32x32x3, batch 4"),
+    # BigGAN (train/step_biggan.py): 4 D steps of 16 + a G step per step of 64 images.
+    "biggan_digits": ("configs/biggan_digits.py", "", {},
+                      "configs/biggan_digits.py (BigGAN ch 8, 32x32x1, batch 64 = 4 D x 16)"),
 }
 
 

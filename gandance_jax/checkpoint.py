@@ -48,7 +48,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gandance_jax import errors
-from gandance_jax.networks import stylegan2
+from gandance_jax.networks import biggan, families, stylegan2
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"  # One JSON record per line: {"step": ..., metric: value}.
@@ -56,6 +56,8 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
 BEST_DIR = "best_checkpoint"
 _G_EMA_FIELDS = ("g_ema_params", "g_buffers")
+STANDING_STATS_KEY = 11    # fold_in purpose of the seed's key for BigGAN's standing statistics.
+STANDING_BATCH_MAX = 256   # Largest batch of one standing-statistics forward.
 
 PyTree = Any
 TrainState = Any  # A dataclass pytree with g_ema_params and g_buffers (train/state.py).
@@ -461,6 +463,31 @@ class BestSnapshot:
     self.manager.close()
 
 
+def standing_stats(G: biggan.Generator, variables: Mapping[str, Any], seed: int,
+                   num_accumulations: int, batch_size: int, num_D_steps: int
+                   ) -> dict[str, Any]:
+  """BigGAN G EMA's variables with standing statistics (`biggan.accumulate_standing_stats`)
+  over `num_accumulations` forwards of one D step's batch (batch_size / num_D_steps, at most
+  STANDING_BATCH_MAX: the reference's per-iteration batch), from a key of the run's seed;
+  unchanged when num_accumulations is 0. Training and `load_generator` both use this, so a
+  run's grids and evaluations and the CLIs sample the same generator."""
+  if num_accumulations <= 0:
+    return dict(variables)
+  key = jax.random.fold_in(jax.random.key(int(seed)), STANDING_STATS_KEY)
+  batch = min(int(batch_size) // int(num_D_steps), STANDING_BATCH_MAX)
+  return biggan.accumulate_standing_stats(G, variables, key, int(num_accumulations), batch)
+
+
+def _biggan_sampling_variables(G: biggan.Generator, item: Mapping[str, Any],
+                               config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """BigGAN's G EMA {'params', 'batch_stats'} from its g_ema item, with the run's standing
+  statistics (config.train.standing_stats)."""
+  variables = {"params": item["params"], biggan.STATS: item["buffers"]["ema_batch_stats"]}
+  t = config.train
+  return standing_stats(G, variables, int(config.seed), int(t.get("standing_stats", 0) or 0),
+                        int(t.batch_size), int(t.get("num_D_steps", 1)))
+
+
 def load_generator(workdir: str, step: int | None = None, *,
                    sharding: jax.sharding.Sharding | None = None, best: bool = False
                    ) -> tuple[stylegan2.Generator, dict[str, Any], ml_collections.ConfigDict,
@@ -478,7 +505,9 @@ def load_generator(workdir: str, step: int | None = None, *,
       any device count, and for several processes when every process calls this).
     best: read the best in-loop snapshot (`BestSnapshot`, config.best_metric) instead.
   Returns:
-    (G module, {'params', 'buffers'} variables, the run's config, the step).
+    (G module, {'params', 'buffers'} variables (BigGAN: {'params', 'batch_stats'} of G EMA,
+    standing statistics re-estimated if the run's train.standing_stats > 0), the run's
+    config, the step).
   Raises:
     FileNotFoundError if there is no (readable) checkpoint.
   """
@@ -505,8 +534,12 @@ def load_generator(workdir: str, step: int | None = None, *,
     try:
       meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
       config = config_from_dict(meta["config"])
-      G = stylegan2.Generator(**config.generator.to_dict())
-      abstract = jax.eval_shape(lambda: stylegan2.init_generator(G, jax.random.key(0)))
+      G = families.make_generator(config.generator.to_dict())
+      abstract = jax.eval_shape(lambda: families.init_generator(G, jax.random.key(0)))
+      if families.is_biggan(G):  # The g_ema item of BigGAN (train/state.py's layout).
+        stats = abstract[biggan.STATS]
+        abstract = {"params": abstract["params"],
+                    "buffers": {"batch_stats": stats, "ema_batch_stats": stats}}
       abstract = jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
       g_vars = manager.restore(s, args=ocp.args.Composite(
@@ -515,6 +548,8 @@ def load_generator(workdir: str, step: int | None = None, *,
       if got != meta["fingerprint_g_ema"]:
         raise CorruptCheckpointError(f"fingerprint {got} != {meta['fingerprint_g_ema']}")
       manager.close()
+      if families.is_biggan(G):
+        g_vars = _biggan_sampling_variables(G, g_vars, config)
       return G, dict(g_vars), config, s
     except Exception as e:  # pylint: disable=broad-except
       logging.error("Generator checkpoint at step %d in %s is unreadable (%s: %s)%s", s,

@@ -14,6 +14,7 @@ import ml_collections
 from gandance_jax import errors, guidance, images
 from gandance_jax.data import base as data_base
 from gandance_jax.networks import base
+from gandance_jax.networks import families
 from gandance_jax.train import augment_pipe
 from gandance_jax.train import hparams as hparams_lib
 
@@ -207,13 +208,94 @@ def _power_of_two(cfg: Any, field: str, prefix: str, minimum: int = 4) -> None:
     _fail(f"{prefix}.{field}", value, f"must be a power of two >= {minimum}")
 
 
+BIGGAN_TRAIN = dict(
+    num_D_steps=2,     # D steps per G step, each on its own batch_size / num_D_steps images.
+    G_ortho=0.0,       # Modified orthogonal regularisation of G (the reference's G_ortho).
+    ema_decay=0.9999,  # G EMA decay per step.
+    ema_start=0,       # G EMA is a copy of G until this many steps.
+    standing_stats=0,  # Forwards of G EMA re-estimating its BN statistics for sampling.
+)
+
+
+def use_biggan(config: ml_collections.ConfigDict) -> None:
+  """Turns `base_config()` into BigGAN's (ajbrock/BigGAN-PyTorch utils.py defaults).
+
+  config.generator / config.discriminator become the keyword arguments of biggan.Generator /
+  biggan.Discriminator with `family='biggan'` (still linked to data.resolution and the class
+  fields); config.train gets hinge loss, BigGAN's Adam and the fields of `BIGGAN_TRAIN`
+  (train/step_biggan.py). train.batch_size is the images of one step: num_D_steps D batches.
+  """
+  refs = {k: config.generator.get_ref(k) for k in (
+      "resolution", "num_classes", "empty_class", "img_channels")}
+  config.generator = ml_collections.ConfigDict(dict(
+      family="biggan", num_classes=refs["num_classes"], empty_class=refs["empty_class"],
+      resolution=refs["resolution"], img_channels=refs["img_channels"], ch=64, dim_z=128,
+      shared_dim=0, hier=False, bottom_width=4, attention="64", num_svs=1, num_sv_itrs=1,
+      bn_eps=1e-5, sn_eps=1e-8, weight_init="ortho"))
+  config.discriminator = ml_collections.ConfigDict(dict(
+      family="biggan", num_classes=refs["num_classes"], empty_class=refs["empty_class"],
+      resolution=refs["resolution"], img_channels=refs["img_channels"], ch=64, wide=True,
+      attention="64", num_svs=1, num_sv_itrs=1, sn_eps=1e-8, weight_init="ortho"))
+  config.train.update(dict(
+      loss="hinge", g_lr=5e-5, d_lr=2e-4, betas=(0.0, 0.999), eps=1e-8, r1_gamma=0.0,
+      pl_weight=0.0, style_mixing_prob=0.0, augment="none", **BIGGAN_TRAIN))
+
+
+def _validate_biggan(config: ml_collections.ConfigDict) -> None:
+  """BigGAN's network and training fields (before anything is built or compiled)."""
+  g, d, t = config.generator, config.discriminator, config.train
+  for net, prefix in ((g, "generator"), (d, "discriminator")):
+    if net.get("resolution") != config.data.resolution:
+      _fail(f"{prefix}.resolution", net.get("resolution"),
+            f"must equal data.resolution = {config.data.resolution}")
+  if g.get("img_channels", 3) != d.get("img_channels", 3):
+    _fail("discriminator.img_channels", d.get("img_channels", 3),
+          f"must equal generator.img_channels = {g.get('img_channels', 3)}")
+  for net, prefix, make in ((g, "generator", families.make_generator),
+                            (d, "discriminator", families.make_discriminator)):
+    try:
+      make(net.to_dict())
+    except (TypeError, ValueError) as e:  # The constructor names the bad field.
+      raise ConfigError(f"config.{prefix} (BigGAN) is invalid: {e}") from None
+  for f, default in BIGGAN_TRAIN.items():
+    if f not in t:
+      _fail(f"train.{f}", None, f"BigGAN needs it (e.g. config_lib.use_biggan sets "
+            f"{f}={default!r})")
+  if t.loss != "hinge":
+    _fail("train.loss", t.loss, "BigGAN trains with 'hinge' (train/step_biggan.py)")
+  for f in ("r1_gamma", "pl_weight"):
+    if t[f] != 0:
+      _fail(f"train.{f}", t[f], "must be 0 for BigGAN (no R1 / path-length phases)")
+  if t.augment == "ada":
+    _fail("train.augment", t.augment, "BigGAN supports 'none' and 'diffaugment'")
+  _positive_int(t, "num_D_steps", "train")
+  if isinstance(t.batch_size, int) and t.batch_size % t.num_D_steps:
+    _fail("train.batch_size", t.batch_size,
+          f"must be a multiple of train.num_D_steps = {t.num_D_steps} (one chunk per D step)")
+  _number(t, "G_ortho", "train", lo=0)
+  _number(t, "ema_decay", "train", lo=0, hi=1)
+  _positive_int(t, "ema_start", "train", allow_zero=True)
+  _positive_int(t, "standing_stats", "train", allow_zero=True)
+  if t.init_from:
+    _fail("train.init_from", t.init_from, "warm starts are StyleGAN2-only for now: BigGAN "
+          "trains from scratch ('')")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> hparams_lib.HParams:
   """The typed, frozen hyper-parameters of a valid config (what everything below the entry
   point takes); raises ConfigError naming the first invalid field (and the allowed values)."""
   _choice(config.data, "name", DATA_NAMES, "data")
   g, d, t = config.generator, config.discriminator, config.train
   is_toy = config.data.name.startswith("mixture_")
-  if not is_toy:
+  family = g.get("family", families.DEFAULT)
+  if family not in families.FAMILIES:
+    _fail("generator.family", family, f"allowed values are {list(families.FAMILIES)}")
+  if d.get("family", families.DEFAULT) != family:
+    _fail("discriminator.family", d.get("family", families.DEFAULT),
+          f"must equal generator.family = {family!r}")
+  if family == "biggan":
+    _validate_biggan(config)
+  elif not is_toy:
     _power_of_two(config.data, "resolution", "data", minimum=4)
     _power_of_two(g, "resolution", "generator")
     _power_of_two(d, "resolution", "discriminator", minimum=8)
@@ -258,7 +340,8 @@ def validate_config(config: ml_collections.ConfigDict) -> hparams_lib.HParams:
     _fail("train.label_reset_prob", t.label_reset_prob,
           "must be 0 unless generator.empty_class is True (reset labels go to the empty id)")
   _choice(t, "augment", AUGMENTS, "train")
-  _choice(t, "loss", ("ns", "san"), "train")
+  if family != "biggan":
+    _choice(t, "loss", ("ns", "san"), "train")
   _choice(t, "san_base", ("hinge", "logistic"), "train")
   _choice(t, "init_empty", ("mean", "init"), "train")
   if not isinstance(t.init_from, str):

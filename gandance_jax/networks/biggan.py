@@ -418,6 +418,7 @@ class GBlock(nn.Module):
   sn: Mapping[str, Any]
   bn_eps: float
   axis_name: str | None
+  img_channels: int = 3
 
   @nn.compact
   def __call__(self, x: Array, y: Array, train: bool = False) -> Array:
@@ -482,13 +483,15 @@ class Generator(ConditionalLabels, nn.Module):
   weight_init: str = "ortho"          # ortho, N02, glorot / xavier (G_init).
   truncation: float = 0.0             # z truncation threshold t, 0 = off (see docstring).
   axis_name: str | None = "data"      # Mesh axis of cross-replica BN (when bound).
+  img_channels: int = 3               # Output colour channels (the reference: always 3).
 
   def __post_init__(self):
     check_classes(self.num_classes, self.empty_class)
     if self.num_classes == 0:
       raise ValueError("num_classes must be > 0 (BigGAN is class-conditional), got 0")
     _check_table(self.resolution, _G_TABLE, "resolution")
-    _check_positive(self, ("ch", "dim_z", "bottom_width", "num_svs", "num_sv_itrs"))
+    _check_positive(self, ("ch", "dim_z", "bottom_width", "num_svs", "num_sv_itrs",
+                           "img_channels"))
     _check_attention(parse_attention(self.attention, "attention"), _G_TABLE[self.resolution][2],
                      "attention", self.resolution)
     _check_init(self.weight_init, "weight_init")
@@ -603,7 +606,7 @@ class Generator(ConditionalLabels, nn.Module):
         hier=self.hier, shared_width=self.shared_width,
         z0_width=self.z_chunk_size if self.hier else self.dim_z,
         bottom_width=self.bottom_width, sn=self._sn(), bn_eps=self.bn_eps,
-        axis_name=self.axis_name)
+        axis_name=self.axis_name, img_channels=self.img_channels)
 
   def synthesis(self, ws: Array, train: bool = False, noise_mode: str = "const") -> Array:
     """ws [B, num_ws, w_dim] -> images [B, R, R, 3] in [-1, 1]. `noise_mode` is accepted
@@ -634,6 +637,7 @@ class Synthesis(nn.Module):
   sn: Mapping[str, Any]
   bn_eps: float
   axis_name: str | None
+  img_channels: int = 3
 
   @nn.compact
   def __call__(self, ws: Array, train: bool = False) -> Array:
@@ -648,7 +652,7 @@ class Synthesis(nn.Module):
       if res in self.attention:
         h = Attention(sn=self.sn, name=f"blocks.{i}.1")(h, train)
     h = jax.nn.relu(BN(axis_name=self.axis_name, name="output_layer.0")(h, train))
-    h = SNConv2d(3, **self.sn, name="output_layer.2")(h, train)
+    h = SNConv2d(self.img_channels, **self.sn, name="output_layer.2")(h, train)
     return jnp.tanh(h)
 
 
@@ -747,6 +751,45 @@ def init_discriminator(D: Discriminator, key: Array | int, batch_size: int = 2
                        ) -> dict[str, Any]:
   """D's variables {'params', 'batch_stats'}."""
   return _init_discriminator(D, _init_key(key), batch_size)
+
+
+def _is_bn_stat(path: tuple[Any, ...]) -> bool:
+  name = getattr(path[-1], "key", path[-1])
+  return name in ("stored_mean", "stored_var")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def accumulate_standing_stats(G: Generator, variables: Mapping[str, Any], key: Array,
+                              num_accumulations: int, batch_size: int) -> dict[str, Any]:
+  """BigGAN's "standing statistics" (the reference's utils.accumulate_standing_stats, with the
+  accumulating BN it is written for): every batch-norm `stored_mean` / `stored_var` of
+  `variables` replaced by the average, over `num_accumulations` train-mode forwards of
+  `batch_size` z ~ N(0, 1) and uniform real-class labels, of the batch mean and (unbiased)
+  variance. Spectral-norm `u` / `sv` and the params are returned unchanged.
+
+  Each forward starts from zero statistics, so its update is `BN_MOMENTUM * batch`; the sum
+  over forwards is divided by `num_accumulations * BN_MOMENTUM` (one rounding more than a
+  plain average, ~1 ulp).
+  """
+  stats = variables[STATS]
+  zeros = jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.zeros_like(x) if _is_bn_stat(p) else x, stats)
+
+  def one(i):
+    kz, ky = jax.random.split(jax.random.fold_in(key, i))
+    z = jax.random.normal(kz, (batch_size, G.z_dim))
+    labels = jax.random.randint(ky, (batch_size,), 0, G.num_classes)
+    _, upd = G.apply({"params": variables["params"], STATS: zeros}, z, labels, train=True,
+                     mutable=[STATS])
+    return upd[STATS]
+
+  total = one(0)
+  for i in range(1, num_accumulations):
+    total = jax.tree.map(jnp.add, total, one(i))
+  scale = 1.0 / (num_accumulations * BN_MOMENTUM)
+  new = jax.tree_util.tree_map_with_path(
+      lambda p, s, old: s * scale if _is_bn_stat(p) else old, total, stats)
+  return {**variables, STATS: new}
 
 
 # --------------------------------------------------------------------------------------
@@ -877,5 +920,5 @@ __all__ = [
     "Generator", "Discriminator", "generator_from_torch_state_dict",
     "discriminator_from_torch_state_dict", "variables_from_torch_state_dict",
     "torch_state_dict", "init_generator", "init_discriminator", "truncate_normal",
-    "parse_attention", "STATS",
+    "parse_attention", "STATS", "accumulate_standing_stats",
 ]

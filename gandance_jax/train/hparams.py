@@ -53,6 +53,13 @@ class TrainHParams:
   init_from: str = ""
   init_empty: str = "mean"
   ada_pipe: str = "bgc"
+  # BigGAN's training (train/step_biggan.py); ignored by StyleGAN2's phases.
+  family: str = "stylegan2"         # generator.family: which phases and optimizers run
+  num_D_steps: int = 1              # D steps per G step, each on its own 1/num_D_steps of the batch
+  G_ortho: float = 0.0              # BigGAN's modified orthogonal regularisation of G, 0 = off
+  ema_decay: float = 0.9999         # G EMA decay per step
+  ema_start: int = 0                # G EMA copies G until this many steps are done
+  standing_stats: int = 0           # Forwards of G EMA re-estimating BN statistics, 0 = off
 
   @property
   def adaptive_augment(self) -> bool:
@@ -124,6 +131,7 @@ def from_config(config: Any) -> HParams:
   fields = {f.name for f in dataclasses.fields(TrainHParams)}
   t = {k: v for k, v in t.items() if k in fields}
   t["betas"] = tuple(float(b) for b in t["betas"])
+  t["family"] = str(to_dict(config["generator"]).get("family", "stylegan2"))
   config_json = (config.to_json_best_effort(sort_keys=True) if hasattr(
       config, "to_json_best_effort") else json.dumps(config, sort_keys=True, default=str))
   return HParams(

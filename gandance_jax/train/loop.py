@@ -47,9 +47,9 @@ from gandance_jax.evaluation import evaluators
 from gandance_jax.train import curves
 from gandance_jax.train import sharding as sharding_lib
 from gandance_jax.train import state as state_lib
+from gandance_jax.train import step as step_lib
 from gandance_jax.train import warm_start
 from gandance_jax.train.hparams import HParams, TrainHParams
-from gandance_jax.train.step import TrainStep
 
 # fold_in purpose of the root key for the periodic sample grids (one z per grid cell).
 _GRID_KEY = 7
@@ -226,7 +226,7 @@ class Built:
   G: Any
   D: Any
   init_fn: Any             # () -> a fresh TrainState, replicated
-  train_step: TrainStep
+  train_step: Any          # step.TrainStep or step_biggan.BigGANTrainStep (make_train_step)
   params_finite: Any       # state -> bool [], replicated
 
 
@@ -246,8 +246,9 @@ def build(hp: HParams, mesh: Any) -> Built:
     params_finite = jax.jit(state_lib.params_are_finite, out_shardings=replicated)
     while len(_BUILD_CACHE) >= 4:
       _BUILD_CACHE.pop(next(iter(_BUILD_CACHE)))
-    _BUILD_CACHE[key] = Built(G, D, init_fn, TrainStep(hp.train, G, D, g_tx, d_tx, mesh),
-                              params_finite)
+    _BUILD_CACHE[key] = Built(
+        G, D, init_fn, step_lib.make_train_step(hp.train, G, D, g_tx, d_tx, mesh),
+        params_finite)
   return _BUILD_CACHE[key]
 
 
@@ -380,7 +381,8 @@ class Saver:
 def write_grid(run: Run, state: state_lib.TrainState, name: str) -> None:
   """One row per class of G EMA samples (plain conditional sampling, fixed z per cell)."""
   key = jax.random.fold_in(jax.random.key(run.hp.seed), _GRID_KEY)
-  images = multihost.to_host(run.grid(state.g_ema_variables, key, run.grid_labels))
+  images = multihost.to_host(run.grid(state_lib.sampling_variables(run.hp, run.G, state), key,
+                                      run.grid_labels))
   if jax.process_index() == 0:
     images_lib.class_rows_grid(os.path.join(run.workdir, name), images, run.grid_labels,
                                run.hp.grid_per_class, num_classes=run.G.num_classes)
@@ -391,7 +393,8 @@ def run_evals(run: Run, state: state_lib.TrainState, step: int,
   """The evaluators `specs` on G EMA; the best one so far is kept (config.best_metric)."""
   if not specs:
     return
-  metrics = run.suite.run(run.G, state.g_ema_variables, step, specs,
+  variables = state_lib.sampling_variables(run.hp, run.G, state)
+  metrics = run.suite.run(run.G, variables, step, specs,
                           writer=run.logger.writer, metrics_path=run.logger.path)
   console.say(console.eval_line(step, metrics))
   if run.best is not None:

@@ -16,6 +16,16 @@ state -> state and a checkpoint of the state (plus the data step) resumes bit-fo
   augment_p     float32 []        probability of each augmentation op (ADA adapts it)
   ada_sign_sum  float32 []        sum of E[sign(D(real))] since the last ADA adjustment
   rng           uint32 [2]        root key data; every draw is fold_in(root, step, purpose)
+
+BigGAN (`generator.family = 'biggan'`, train/step_biggan.py) keeps the same fields, so that
+checkpoints, the ahead-of-time compiler and the tools handle both families alike:
+
+  g_buffers     {'batch_stats': G's, 'ema_batch_stats': G EMA's}   BN running statistics and
+                spectral-norm u / sv (non-trainable; G EMA's are the EMA of G's, as the
+                reference's ema over G.state_dict())
+  d_buffers     {'batch_stats': D's}                               spectral-norm u / sv
+  g/d_opt_state plain Adam (no lazy-regularisation scaling)
+  pl_mean, augment_p, ada_sign_sum  unused (StyleGAN2's)
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from gandance_jax import checkpoint
+from gandance_jax.networks import families
 from gandance_jax.networks import stylegan2
 from gandance_jax.train import hparams as hparams_lib
 from gandance_jax.train.hparams import HParams, TrainHParams
@@ -58,24 +69,34 @@ class TrainState:
     return self.g_buffers["mapping_network"]["w_avg"]
 
   @property
+  def is_biggan(self) -> bool:
+    """BigGAN's layout of the buffers (module docstring)."""
+    return isinstance(self.g_buffers, dict) and "ema_batch_stats" in self.g_buffers
+
+  @property
   def g_variables(self) -> dict[str, PyTree]:
+    if self.is_biggan:
+      return {"params": self.g_params, "batch_stats": self.g_buffers["batch_stats"]}
     return {"params": self.g_params, "buffers": self.g_buffers}
 
   @property
   def g_ema_variables(self) -> dict[str, PyTree]:
     """The variables to sample with: EMA params and the (tracked) buffers."""
+    if self.is_biggan:
+      return {"params": self.g_ema_params, "batch_stats": self.g_buffers["ema_batch_stats"]}
     return {"params": self.g_ema_params, "buffers": self.g_buffers}
 
   @property
   def d_variables(self) -> dict[str, PyTree]:
+    if self.is_biggan:
+      return {"params": self.d_params, "batch_stats": self.d_buffers["batch_stats"]}
     return {"params": self.d_params, "buffers": self.d_buffers}
 
 
-def build_models(hp: HParams) -> tuple[stylegan2.Generator, stylegan2.Discriminator]:
-  """G and D from the generator / discriminator hyper-parameters (keyword arguments)."""
-  G = stylegan2.Generator(**hp.generator)
-  D = stylegan2.Discriminator(**hp.discriminator)
-  return G, D
+def build_models(hp: HParams) -> tuple[Any, Any]:
+  """G and D from the generator / discriminator hyper-parameters (keyword arguments and
+  `family`, networks/families.py)."""
+  return families.make_generator(hp.generator), families.make_discriminator(hp.discriminator)
 
 
 def mb_ratio(interval: int) -> float:
@@ -97,8 +118,12 @@ def make_optimizer(lr: float, betas: tuple[float, float], eps: float,
 
 def make_optimizers(t: TrainHParams
                     ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """(G optimizer, D optimizer) of the training hyper-parameters."""
+  """(G optimizer, D optimizer) of the training hyper-parameters (BigGAN: plain Adam, as
+  the reference's torch.optim.Adam with its betas and adam_eps)."""
   betas = tuple(float(b) for b in t.betas)
+  if t.family == "biggan":
+    return (optax.adam(t.g_lr, b1=betas[0], b2=betas[1], eps=t.eps),
+            optax.adam(t.d_lr, b1=betas[0], b2=betas[1], eps=t.eps))
   g_tx = make_optimizer(t.g_lr, betas, t.eps, t.pl_interval)
   d_tx = make_optimizer(t.d_lr, betas, t.eps, t.r1_interval)
   return g_tx, d_tx
@@ -116,16 +141,22 @@ def init_train_state(hp: HParams, G: stylegan2.Generator,
                      d_tx: optax.GradientTransformation) -> TrainState:
   """A fresh state from `hp.seed` (a pure function: wrap it in jit with out_shardings)."""
   root = jax.random.key(hp.seed)
-  g_vars = stylegan2.init_generator(G, jax.random.fold_in(root, 0))
-  d_vars = stylegan2.init_discriminator(D, jax.random.fold_in(root, 1))
+  g_vars = families.init_generator(G, jax.random.fold_in(root, 0))
+  d_vars = families.init_discriminator(D, jax.random.fold_in(root, 1))
   g_params, d_params = g_vars["params"], d_vars["params"]
+  if families.is_biggan(G):
+    g_buffers = {"batch_stats": g_vars["batch_stats"],
+                 "ema_batch_stats": jax.tree.map(jnp.copy, g_vars["batch_stats"])}
+    d_buffers = {"batch_stats": d_vars["batch_stats"]}
+  else:
+    g_buffers, d_buffers = g_vars["buffers"], d_vars["buffers"]
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       g_params=g_params,
-      g_buffers=g_vars["buffers"],
+      g_buffers=g_buffers,
       g_ema_params=jax.tree.map(jnp.copy, g_params),
       d_params=d_params,
-      d_buffers=d_vars["buffers"],
+      d_buffers=d_buffers,
       g_opt_state=g_tx.init(g_params),
       d_opt_state=d_tx.init(d_params),
       pl_mean=jnp.zeros((), jnp.float32),
@@ -134,6 +165,17 @@ def init_train_state(hp: HParams, G: stylegan2.Generator,
       # Raw key data (not a typed key) so that Orbax stores it as a plain uint32 array.
       rng=jax.random.key_data(jax.random.fold_in(root, 2)),
   )
+
+
+def sampling_variables(hp: HParams, G: Any, state: TrainState) -> dict[str, PyTree]:
+  """G EMA's variables for sampling: `state.g_ema_variables`, with BigGAN's standing
+  statistics re-estimated when `train.standing_stats` > 0 (checkpoint.standing_stats: a key
+  of the seed, so the same statistics for the same state, in the loop and in the CLIs)."""
+  if not families.is_biggan(G):
+    return state.g_ema_variables
+  t = hp.train
+  return checkpoint.standing_stats(G, state.g_ema_variables, hp.seed, t.standing_stats,
+                                   t.batch_size, t.num_D_steps)
 
 
 def params_are_finite(state: TrainState) -> Array:

@@ -44,6 +44,7 @@ from gandance_jax.train import augment as augment_lib
 from gandance_jax.train import augment_pipe
 from gandance_jax.train.hparams import TrainHParams
 from gandance_jax.train import losses
+from gandance_jax.train import step_biggan
 from gandance_jax.train.state import TrainState
 
 Array = jax.Array
@@ -379,4 +380,14 @@ class TrainStep:
     return state, metrics
 
 
-__all__ = ["PhaseFns", "TrainStep", "Purpose", "Draw"]
+def make_train_step(t: TrainHParams, G: Any, D: Any, g_tx: optax.GradientTransformation,
+                    d_tx: optax.GradientTransformation, mesh: Mesh
+                    ) -> TrainStep | step_biggan.BigGANTrainStep:
+  """The jitted step of the run's family (`t.family`): StyleGAN2's phases above, or BigGAN's
+  (train/step_biggan.py); both take (state, batch, step)."""
+  if t.family == "biggan":
+    return step_biggan.BigGANTrainStep(t, G, D, g_tx, d_tx, mesh)
+  return TrainStep(t, G, D, g_tx, d_tx, mesh)
+
+
+__all__ = ["PhaseFns", "TrainStep", "Purpose", "Draw", "make_train_step"]

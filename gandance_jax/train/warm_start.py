@@ -174,8 +174,9 @@ _BIGGAN_KEYS = ("shared.weight", ".u0", ".sv0")
 
 def _refuse_biggan(path: str, what: str) -> None:
   raise WarmStartError(
-      f"config.train.init_from = {path!r} is {what}; BigGAN fine-tuning is not supported yet "
-      "(BigGAN training is not wired). Expected a run's workdir, a stylegan2-ada "
+      f"config.train.init_from = {path!r} is {what}; warm starts from BigGAN-PyTorch files "
+      "are not supported yet (BigGAN trains from scratch). Expected a run's workdir, a "
+      "stylegan2-ada "
       "network-snapshot .pkl, or a StyleGAN2 .pth / .npz of NVIDIA state dicts")
 
 
