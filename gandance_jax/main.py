@@ -114,14 +114,16 @@ def _main(argv: list[str]) -> int:
         f"{FLAGS.mode} (to fine-tune from it use --config.train.init_from)")
   loop.check_workdir(FLAGS.workdir)
   hparams = config_lib.validate_config(config)
-  report.record_config_source(FLAGS.workdir, FLAGS["config"])
+  # The report's "config vs the file's defaults": recorded only once a command is known to
+  # succeed (a refused start leaves the workdir as it was; errors.py, issue 15).
+  record_source = lambda: report.record_config_source(FLAGS.workdir, FLAGS["config"])
   logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
 
   if FLAGS.mode in ("train", "all"):
     try:
       loop.train(hparams, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change,
-                 restart_from_scratch=FLAGS.restart_from_scratch)
+                 restart_from_scratch=FLAGS.restart_from_scratch, on_start=record_source)
     except loop.Preempted as e:
       logging.warning("%s", e)
       return int(errors.ExitCode.PREEMPTED)
@@ -129,6 +131,8 @@ def _main(argv: list[str]) -> int:
     sample_cli.run(config, FLAGS.workdir, FLAGS.checkpoint, network=network)
   if FLAGS.mode in ("eval", "all"):
     cli.run(config, FLAGS.workdir, FLAGS.checkpoint, network=network)
+  if FLAGS.mode in ("sample", "eval"):
+    record_source()
   report.finish(FLAGS.workdir, FLAGS.mode)
   return 0
 

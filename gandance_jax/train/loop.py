@@ -29,7 +29,7 @@ import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -446,7 +446,8 @@ def periodic(run: Run, saver: Saver, watcher: PreemptionWatcher, state: state_li
 
 
 def train(hp: HParams, workdir: str, *, allow_config_change: bool = False,
-          restart_from_scratch: bool = False) -> state_lib.TrainState:
+          restart_from_scratch: bool = False,
+          on_start: Callable[[], None] | None = None) -> state_lib.TrainState:
   """Trains (or resumes) the run in `workdir`; returns the final state.
 
   Everything is checked (workdir, batch split, data, the config against the checkpoints'
@@ -457,6 +458,8 @@ def train(hp: HParams, workdir: str, *, allow_config_change: bool = False,
     allow_config_change: resume although fields outside RESUME_SAFE_FIELDS changed.
     restart_from_scratch: when no checkpoint can be restored, move them all to
       corrupt_checkpoints/ and start fresh (default: stop with CorruptCheckpointError).
+    on_start: called once the run is known to start (right after config.json is written),
+      for what else the entry point records in the workdir (the report's config source).
 
   Raises:
     ConfigChangedError / errors.BadInputError: the config does not fit the workdir or data.
@@ -497,6 +500,8 @@ def train(hp: HParams, workdir: str, *, allow_config_change: bool = False,
     ckpt.manager.close()
     raise
   checkpoint_lib.save_config(workdir, hp.config)
+  if on_start is not None:
+    on_start()
   num_params = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   logging.info("G: %d params, D: %d params, num_ws %d", num_params(state.g_params),
                num_params(state.d_params), built.G.num_ws)
