@@ -5,6 +5,7 @@ subprocess (needed for SIGKILL/SIGTERM, forced device counts and several process
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
@@ -159,13 +160,30 @@ def restore_arrays(workdir, step: int | None = None) -> dict[str, Any]:
 NUM_STEPS = 24
 
 
+def shared_dir(tmp_path_factory) -> pathlib.Path:
+  """The folder of the trainer tests' shared runs and XLA cache: one per test session, and
+  under pytest-xdist one for all workers of the session (their base temp folders share a
+  parent), so the reference run is made once, not once per worker."""
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  path = root / "trainer_shared"
+  path.mkdir(exist_ok=True)
+  return path
+
+
 def reference_run(base: pathlib.Path) -> pathlib.Path:
-  """The uninterrupted 1-device tiny run, made once per test session under `base`."""
+  """The uninterrupted 1-device tiny run, made once per test session under `base` (a file
+  lock: the first worker trains, the others wait for its DONE)."""
   workdir = base / "reference"
-  if not (workdir / "DONE").exists():
-    result = run_main(workdir, base / "xla")
-    assert result.returncode == 0, result.stderr[-5000:]
-    (workdir / "DONE").touch()
+  with open(base / "reference.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (workdir / "DONE").exists():
+      if workdir.exists():  # a worker killed mid-run: start again
+        import shutil  # pylint: disable=g-import-not-at-top
+        shutil.rmtree(workdir)
+      result = run_main(workdir, base / "xla")
+      assert result.returncode == 0, result.stderr[-5000:]
+      (workdir / "DONE").touch()
   return workdir
 
 

@@ -30,7 +30,7 @@ from tests import _mp_common as common
 
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory):
-  return tmp_path_factory.getbasetemp() / "trainer_shared"
+  return common.shared_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -295,7 +295,8 @@ def test_export_cli_from_a_workdir(tmp_path):
   for got, want in ((g2["params"], state.g_ema_params), (g2["buffers"], state.g_buffers),
                     (d2["params"], state.d_params), (d2["buffers"], state.d_buffers)):
     assert jax.tree.all(jax.tree.map(np.array_equal, got, jax.tree.map(np.asarray, want)))
-  assert cli.main(["export", str(tmp_path / "nowhere"), str(out)]) == 1
+  # A missing run is bad input: exit 2 (errors.py; README "Exit codes and errors").
+  assert cli.main(["export", str(tmp_path / "nowhere"), str(out)]) == 2
 
 
 # ------------------------------------------------------------------------------------------
@@ -587,5 +588,5 @@ def test_fid_weights_convert_cli_without_torch(tmp_path, monkeypatch, capsys):
   np.testing.assert_array_equal(back["fc.weight"], state["fc.weight"])
   wrong = tmp_path / "pt_inception-2015-12-05-00000000.pth"
   wrong.write_bytes(pth.read_bytes())
-  assert weights.main(["convert", str(wrong), str(tmp_path / "x.npz")]) == 1
+  assert weights.main(["convert", str(wrong), str(tmp_path / "x.npz")]) == 2  # bad input
   assert "does not start with '00000000'" in capsys.readouterr().err
