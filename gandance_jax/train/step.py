@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ from gandance_jax.train import augment as augment_lib
 from gandance_jax.train import augment_pipe
 from gandance_jax.train.hparams import TrainHParams
 from gandance_jax.train import losses
+from gandance_jax.train import phases
 from gandance_jax.train import step_biggan
 from gandance_jax.train.state import TrainState
 
@@ -323,7 +324,7 @@ class PhaseFns:
 # ----------------------------------------------------------------------------- jitted step
 
 
-class TrainStep:
+class TrainStep(phases.PhasedTrainStep):
   """Jits the phases over a mesh and runs the ones due at a step.
 
     step_fn = TrainStep(hparams.train, G, D, g_tx, d_tx, mesh)
@@ -338,25 +339,10 @@ class TrainStep:
                D: stylegan2.Discriminator, g_tx: optax.GradientTransformation,
                d_tx: optax.GradientTransformation, mesh: Mesh):
     self.t = t
-    self.mesh = mesh
-    self.replicated = NamedSharding(mesh, P())
-    self.batch_sharding = NamedSharding(mesh, P("data"))
-    self.fns = PhaseFns(t, G, D, g_tx, d_tx, batch_sharding=self.batch_sharding)
     self.run_g_reg = float(t.pl_weight) > 0
     self.run_d_reg = float(t.r1_gamma) > 0
-    rep, data = self.replicated, self.batch_sharding
-    batch_shardings = {"image": data, "label": data}
-
-    def jit_phase(fn: Callable) -> Callable:
-      return jax.jit(fn, in_shardings=(rep, batch_shardings), out_shardings=(rep, rep),
-                     donate_argnums=0)
-
-    self.g_main = jit_phase(self.fns.g_main)
-    self.g_reg = jit_phase(self.fns.g_reg)
-    self.d_main = jit_phase(self.fns.d_main)
-    self.d_reg = jit_phase(self.fns.d_reg)
-    self.finish = jax.jit(self.fns.finish, in_shardings=(rep,), out_shardings=(rep, rep),
-                          donate_argnums=0)
+    fns = PhaseFns(t, G, D, g_tx, d_tx, batch_sharding=NamedSharding(mesh, P("data")))
+    super().__init__(fns, mesh, ("g_main", "g_reg", "d_main", "d_reg"))
 
   def phases_at(self, step: int) -> list[str]:
     """Names of the phases run at `step` (NVIDIA: a phase with interval I runs if step % I == 0)."""
@@ -368,16 +354,6 @@ class TrainStep:
     if self.run_d_reg and step % int(t.r1_interval) == 0:
       names.append("d_reg")
     return names
-
-  def __call__(self, state: TrainState, batch: Batch, step: int
-               ) -> tuple[TrainState, Metrics]:
-    metrics: Metrics = {}
-    for name in self.phases_at(step):
-      state, m = getattr(self, name)(state, batch)
-      metrics.update(m)
-    state, m = self.finish(state)
-    metrics.update(m)
-    return state, metrics
 
 
 def make_train_step(t: TrainHParams, G: Any, D: Any, g_tx: optax.GradientTransformation,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gandance_jax.networks import biggan
 from gandance_jax.train import augment as augment_lib
 from gandance_jax.train import losses
+from gandance_jax.train import phases
 from gandance_jax.train.hparams import TrainHParams
 from gandance_jax.train.state import TrainState
 
@@ -254,7 +255,7 @@ class BigGANPhaseFns:
     return state, {"ema_beta": decay}
 
 
-class BigGANTrainStep:
+class BigGANTrainStep(phases.PhasedTrainStep):
   """Jits BigGAN's phases over a mesh; the same interface as step.TrainStep.
 
     step_fn = BigGANTrainStep(hparams.train, G, D, g_tx, d_tx, mesh)
@@ -265,36 +266,13 @@ class BigGANTrainStep:
                g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
                mesh: Mesh):
     self.t = t
-    self.mesh = mesh
-    self.replicated = NamedSharding(mesh, P())
-    self.batch_sharding = NamedSharding(mesh, P("data"))
-    self.fns = BigGANPhaseFns(t, G, D, g_tx, d_tx, batch_sharding=self.batch_sharding)
-    rep, data = self.replicated, self.batch_sharding
-    batch_shardings = {"image": data, "label": data}
-
-    def jit_phase(fn: Callable) -> Callable:
-      return jax.jit(fn, in_shardings=(rep, batch_shardings), out_shardings=(rep, rep),
-                     donate_argnums=0)
-
-    self.d_main = jit_phase(self.fns.d_main)
-    self.g_main = jit_phase(self.fns.g_main)
-    self.finish = jax.jit(self.fns.finish, in_shardings=(rep,), out_shardings=(rep, rep),
-                          donate_argnums=0)
+    fns = BigGANPhaseFns(t, G, D, g_tx, d_tx, batch_sharding=NamedSharding(mesh, P("data")))
+    super().__init__(fns, mesh, ("d_main", "g_main"))
 
   def phases_at(self, step: int) -> list[str]:
     """D steps, then the G step (every step: BigGAN has no lazy phases)."""
     del step
     return ["d_main", "g_main"]
-
-  def __call__(self, state: TrainState, batch: Batch, step: int
-               ) -> tuple[TrainState, Metrics]:
-    metrics: Metrics = {}
-    for name in self.phases_at(step):
-      state, m = getattr(self, name)(state, batch)
-      metrics.update(m)
-    state, m = self.finish(state)
-    metrics.update(m)
-    return state, metrics
 
 
 __all__ = ["BigGANPhaseFns", "BigGANTrainStep", "hinge_d_loss", "hinge_g_loss",
