@@ -44,6 +44,11 @@ def tiny_config(**overrides: Any):
   # (Not in TINY: a --config flag cannot add a key the config file lacks.)
   values = {**TINY, "evals.class_accuracy.noise_mode": "const"}
   values.update({k.replace("__", "."): v for k, v in overrides.items()})
+  return set_fields(config, values)
+
+
+def set_fields(config: Any, values: dict[str, Any]) -> Any:
+  """Sets config fields by dotted name ('train.batch_size': 4); returns the config."""
   for dotted, value in values.items():
     node = config
     *parents, leaf = dotted.split(".")

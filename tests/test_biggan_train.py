@@ -20,6 +20,7 @@ from gandance_jax import checkpoint, config_lib
 from gandance_jax.data import make_source
 from gandance_jax.networks import biggan
 from gandance_jax.train import sharding, state as state_lib, step as step_lib, step_biggan
+from tests import _mp_common as common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,13 +32,7 @@ def tiny_config(**overrides):
   what these tests cost); the 4-device test keeps 2 (strided chunks over 4 shards)."""
   config = biggan_digits.get_config("shrink")
   config.train.update(dict(label_reset_prob=0.5, ema_start=2, standing_stats=0))
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split("__")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
+  return common.set_fields(config, {k.replace("__", "."): v for k, v in overrides.items()})
 
 
 @pytest.fixture(scope="module")
