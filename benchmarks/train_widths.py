@@ -36,6 +36,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 WIDTHS = {  # name -> (resolution, channel_base, batch)
     "tiny": (16, 512, 32),
@@ -130,10 +132,9 @@ def _build(width: str):
 
 
 def _flops(compiled) -> float:
-  ca = compiled.cost_analysis()
-  if isinstance(ca, (list, tuple)):
-    ca = ca[0] if ca else {}
-  return float((ca or {}).get("flops", float("nan")))
+  """XLA's FLOP count (bench_lib.flops_of), NaN where the backend has none."""
+  flops = bench_lib.flops_of(compiled)
+  return float("nan") if flops is None else flops
 
 
 def run_jax(widths, variants, repeats: int, phases: bool) -> list[dict]:
