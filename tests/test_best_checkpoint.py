@@ -73,6 +73,10 @@ def test_best_snapshot_is_the_best_step_and_survives_rotation(tmp_path):
 
   # --checkpoint=best: the CLI evaluation of the snapshot = the in-loop value at that step.
   metrics = cli.run(config, workdir, "best")
+  # The same index-keyed samples and extractor compiled again in this process: features
+  # equal up to another fusion's rounding (~1e-7 relative), float64 statistics after; FID
+  # is a difference of traces of its own size, so it moves ~1e-7 relative. A wrong snapshot
+  # (another step's weights) changes FID by > 1%.
   assert metrics["fid/fid@1"] == pytest.approx(fids[best_step], rel=1e-6)
   eval_record = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")][-1]
   assert eval_record["checkpoint"] == "best" and eval_record["step"] == best_step

@@ -30,7 +30,7 @@ def _tiny_g():
   return G, stylegan2.init_generator(G, jax.random.key(0))
 
 
-def test_spec_validation_names_the_field():
+def test_spec_validation_names_the_field(tmp_path):
   with pytest.raises(ValueError, match=r"config.evals.fid.type = 'kid'"):
     evaluators.parse_spec("fid", dict(type="kid"))
   with pytest.raises(ValueError, match=r"config.evals.e.num_sample = .*unknown field"):
@@ -38,23 +38,23 @@ def test_spec_validation_names_the_field():
   with pytest.raises(ValueError, match=r"config.evals.e.guidance_scales"):
     evaluators.parse_spec("e", dict(guidance_scales=[1.0, float("nan")]))
   with pytest.raises(ValueError, match=r"config.evals.e.inception_weights"):
-    evaluators.EvalData("/tmp", _config().data).extractor(
+    evaluators.EvalData(str(tmp_path), _config().data).extractor(
         evaluators.parse_spec("e", dict(extractor="inception")))
 
 
-def test_due_schedule():
+def test_due_schedule(tmp_path):
   config = _config()
   config.evals.a = dict(every_steps=10)
   config.evals.b = dict(every_steps=0)
   config.evals.c = dict(every_steps=0, final=False)
-  suite = _suite(config, "/tmp")
+  suite = _suite(config, str(tmp_path))
   assert [s.name for s in suite.due(20)] == ["a"] and suite.due(15) == []
   assert [s.name for s in suite.final()] == ["a", "b"]
 
 
-def test_registry_finds_each_type():
+def test_registry_finds_each_type(tmp_path):
   assert sorted(evaluators.REGISTRY) == ["classifier", "fid", "precision_recall"]
-  data = evaluators.EvalData("/tmp", _config().data)
+  data = evaluators.EvalData(str(tmp_path), _config().data)
   for name in evaluators.REGISTRY:
     spec = evaluators.parse_spec(name, dict(type=name))
     assert type(evaluators.make(spec, None, data)) is evaluators.REGISTRY[name]
@@ -125,7 +125,7 @@ def test_eval_cli_on_sample_files(tmp_path):
     cli.run(config, str(tmp_path))
 
 
-def test_label_protocols():
+def test_label_protocols(tmp_path):
   """'dataset' draws classes with the training data's frequencies (NVIDIA's metrics),
   'balanced' is ADM's i % C; both recorded in `protocol`; bad values name the field."""
   from gandance_jax.data import load_digits  # pylint: disable=g-import-not-at-top
@@ -144,7 +144,8 @@ def test_label_protocols():
   assert common.protocol(balanced).startswith("labels=balanced noise=random")
   # The digits data's own class frequencies.
   _, real_labels = load_digits(16)
-  data = evaluators.EvalData("/tmp", _config().data)
+  data = evaluators.EvalData(str(tmp_path), _config().data)
+  # Counts over the same total, in float64: exact up to 1 ulp of each frequency.
   np.testing.assert_allclose(data.class_probabilities(10),
                              np.bincount(real_labels, minlength=10) / len(real_labels))
   with pytest.raises(ValueError, match=r"config.evals.e.labels = 'uniform'.*'balanced'"):

@@ -12,6 +12,8 @@ import scipy.linalg
 
 from gandance_jax.evaluation import features, fid
 
+EPS32 = float(np.finfo(np.float32).eps)
+
 
 def _reference_fid(mu1, s1, mu2, s2):
   """Float64 scipy-sqrtm reference (the pytorch-fid formula without its fallbacks)."""
@@ -32,6 +34,10 @@ def test_frechet_distance_matches_scipy(method):
   mu1, s1 = _stats(rng, 200, 24)
   mu2, s2 = _stats(rng, 300, 24, shift=0.3, scale=1.5)
   got = fid.frechet_distance(mu1, s1, mu2, s2, method=method)
+  # float64 eigen / Schur decompositions (LAPACK, any thread count): backward errors of
+  # ~d eps64 |S| = 24 * 2.2e-16 * 77 = 4e-13 on the traces, amplified by the square root's
+  # conditioning (seen 1.6e-11 absolute, 6e-13 relative of FID 26); 1e-10 relative is 160x
+  # that, and a wrong term (a trace, a factor 2) is O(1).
   np.testing.assert_allclose(got, _reference_fid(mu1, s1, mu2, s2), rtol=1e-10)
 
 
@@ -45,8 +51,13 @@ def test_frechet_distance_rank_deficient():
   # Independent reference: tr sqrt(s1 s2) = sum sqrt(eigenvalues of s1 s2), all real >= 0.
   ev = np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)
   want = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev).sum())
-  np.testing.assert_allclose(got, want, rtol=1e-7)  # sqrt amplifies the null-space noise
-  np.testing.assert_allclose(got, _reference_fid(mu1, s1, mu2, s2), rtol=1e-6)
+  # sqrt amplifies the null-space noise: each of the 25 zero eigenvalues of s1 s2 comes out as
+  # float64 noise up to ~d eps64 |s1| |s2| = 32 * 2.2e-16 * 7.9 * 10.4 = 6e-13, whose square
+  # root (up to 7.6e-7) enters the trace: <= 2 * 25 * 7.6e-7 = 3.8e-5 absolute, 8e-7
+  # relative of FID 47, in each of the two computations (seen 6e-7 absolute, 1.3e-8
+  # relative; the old rtol 1e-7 was below this bound). A wrong term is O(1).
+  np.testing.assert_allclose(got, want, rtol=2e-6)
+  np.testing.assert_allclose(got, _reference_fid(mu1, s1, mu2, s2), rtol=2e-6)
   assert got > 0
 
 
@@ -54,6 +65,9 @@ def test_fid_of_a_set_with_itself_is_zero():
   rng = np.random.default_rng(2)
   x = rng.standard_normal((500, 64)) * 3 + 1
   mu, sigma = fid.feature_statistics(x)
+  # The symmetric form takes sqrt of sigma^{1/2} sigma sigma^{1/2} = sigma^2: no square root
+  # of a noise eigenvalue, so the error is ~d eps64 |sigma| (~1e-14 of the trace; seen 4e-16
+  # and 0); 1e-9 of the trace is far above it and far below any real distance.
   assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-9 * np.trace(sigma)
   # Also rank-deficient (N < dim).
   mu, sigma = fid.feature_statistics(x[:20])
@@ -70,10 +84,16 @@ def test_streaming_equals_one_shot():
   mu, sigma = acc.finalize()
   assert mu.dtype == sigma.dtype == np.float64
   x64 = x.astype(np.float64)
+  # float64 sums of 1003 positive values: pairwise (numpy) or chunked, <= ~log2(n) eps64 =
+  # 2e-15 relative (seen 1.8e-16, 1 ulp of 1e4); 1e-13 is 50x that.
   np.testing.assert_allclose(mu, x64.mean(0), rtol=1e-13)
-  np.testing.assert_allclose(sigma, np.cov(x64, rowvar=False), rtol=1e-9, atol=1e-12)
+  # Centred deviations are O(1) and exact (x - mean near 1e4 cancels exactly, Sterbenz), but
+  # each chunk mean carries ulp(1e4) = 1.8e-12 of rounding, which the merge multiplies by
+  # deltas of O(0.1): ~1e-13 in sigma whatever the entry's size (seen 1.0e-13). atol 1e-11
+  # is 100x that; a float32 path would be off by ~1e-1 at this offset.
+  np.testing.assert_allclose(sigma, np.cov(x64, rowvar=False), rtol=1e-9, atol=1e-11)
   mu1, sigma1 = fid.feature_statistics(x)
-  np.testing.assert_allclose(sigma1, sigma, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(sigma1, sigma, rtol=1e-9, atol=1e-11)
 
 
 def test_statistics_errors():
@@ -111,6 +131,7 @@ def test_save_load_roundtrip_and_provenance(tmp_path):
     np.testing.assert_array_equal(f["sigma"], a.sigma)
   b = fid.load_statistics(tmp_path / "a.npz")
   assert (b.convention, b.extractor, b.num_samples, b.quantize) == ("tf1", a.extractor, 50, "adm")
+  # The same float64 arrays (bit-exact round trip): FID ~d eps64 |sigma| ~ 1e-14, not 1e-9.
   assert b.frechet_distance(a) == pytest.approx(0, abs=1e-9)
   with pytest.raises(ValueError, match="records convention 'tf1', but 'pytorch_fid' was stated"):
     fid.load_statistics(tmp_path / "a.npz", convention="pytorch_fid")
@@ -184,13 +205,22 @@ def test_compute_statistics_streams_chunks():
   ext = _toy_extractor()
   feats, logits = features.extract(ext, images, batch_size=5, progress=True)
   assert feats.shape == (23, 6) and logits.shape == (23, 3)
-  np.testing.assert_allclose(feats, images.reshape(23, -1) @ np.asarray(ext.params), rtol=1e-5,
-                             atol=1e-5)
+  # float32 dots of 48 products |image * w| <= 3.3, summed in XLA's order vs numpy's: <= 48
+  # eps32 max|product| = 1.9e-5 (seen 1.4e-6 at |f| <= 14); a wrong image, order or scale is
+  # O(1).
+  fan_in_tol = 48 * EPS32 * float(np.max(np.abs(images))) * float(np.max(np.abs(ext.params)))
+  np.testing.assert_allclose(feats, images.reshape(23, -1) @ np.asarray(ext.params), rtol=0,
+                             atol=fan_in_tol)
   chunks = (images[i:i + 7] for i in range(0, 23, 7))  # chunk sizes that do not match batches
   stats = fid.compute_statistics(ext, chunks, batch_size=5)
   mu, sigma = fid.feature_statistics(feats)
-  np.testing.assert_allclose(stats.mu, mu, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(stats.sigma, sigma, rtol=1e-5, atol=1e-6)
+  # The same batches of 5 (the chunks are re-batched), so the same float32 features; the
+  # statistics differ only by float64 streaming vs one shot (seen 2e-16 and 7e-15). If the
+  # features ever came from other batch sizes, they would move by <= fan_in_tol, mu by as
+  # much and sigma by <= 2 |f| fan_in_tol = 5e-4 -- still far below a missing or doubled chunk.
+  np.testing.assert_allclose(stats.mu, mu, rtol=0, atol=fan_in_tol)
+  np.testing.assert_allclose(stats.sigma, sigma, rtol=0,
+                             atol=2 * float(np.max(np.abs(feats))) * fan_in_tol)
   assert (stats.num_samples, stats.convention, stats.extractor) == (23, "toy", "toy")
   with pytest.warns(UserWarning, match="N=6 .* strongly biased"):
     fid.compute_statistics(ext, images[:6], batch_size=4)
@@ -226,7 +256,8 @@ def test_sharded_extraction_matches_single_device():
       ext = features.FeatureExtractor('t', 't', 5, 5, apply_fn, w)
       x = np.random.default_rng(1).uniform(-1, 1, (10, 4, 4, 3)).astype(np.float32)
       f, _ = features.extract(ext, x, batch_size=4, progress=False)
-      np.testing.assert_allclose(f, x.reshape(10, -1) @ np.asarray(w), rtol=1e-5, atol=1e-5)
+      # 48-term float32 dots of products <= 3.2: <= 48 eps32 * 3.2 = 1.8e-5 in any order.
+      np.testing.assert_allclose(f, x.reshape(10, -1) @ np.asarray(w), rtol=0, atol=2.5e-5)
       print('OK', f.shape)
   """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",

@@ -13,6 +13,14 @@ from tests.conftest import random_variables
 
 NUM_CLASSES = 7
 BATCH = 5
+# The same guidance maths as two programs (the module vs Alg. 2/3 written out, another jit or
+# order of the mean over classes). w is O(3) (seen max 3.1): the mapping is 2 FC layers of
+# fan-in <= 32 whose products are ~0.2 (sum of |products| ~5), then a mean of <= 7 rows and
+# one multiply-add by a scale <= 1.5. Reassociating a K-term float32 sum moves it by at most
+# ~K eps sum|products| = 32 * 1.2e-7 * 5 = 2e-5 per layer (typically ~sqrt(K) ulps: seen
+# <= 4.8e-7). 4e-5 keeps that worst case and is still far below what a wrong scale, class or
+# opposite mean does to w (> 1e-3, asserted below).
+W_TOL = 4e-5
 
 
 
@@ -81,9 +89,12 @@ def test_training_free_equals_literal_alg2(gen):
   got2 = guidance.guided_ws(map2, z, labels, scale=1.3, opposite_labels=opposite,
                             num_ws=G.num_ws)
   assert got3.shape == got2.shape == (BATCH, G.num_ws, G.w_dim)
-  np.testing.assert_allclose(got3, expected, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(got2, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got3, expected, rtol=0, atol=W_TOL)
+  np.testing.assert_allclose(got2, expected, rtol=0, atol=W_TOL)
   synth = jax.jit(lambda v_, ws: G.apply(v_, ws, noise_mode="const", method=G.synthesis))
+  # One synthesis program on ws a few ulps apart (seen 2.4e-7): images of magnitude <= 30 (raw
+  # N(0, 1) toRGB weights, not demodulated) move by that times the network's gain (seen
+  # 4.8e-6, ~20x); 1e-4 + 1e-4 |img| is 20x more, and a wrong w moves images by O(1).
   np.testing.assert_allclose(synth(v, got2), synth(v, expected), rtol=1e-4, atol=1e-4)
   # The guidance actually moved w.
   assert float(jnp.abs(got2 - map3(z, labels)).max()) > 1e-3
@@ -96,7 +107,7 @@ def test_learned_equals_alg3(gen):
   expected = empty_wp + 1.4 * (cond_wp - empty_wp)
   got = guidance.guided_ws(map2, z, labels, scale=1.4, empty_label=G.empty_label,
                            num_ws=G.num_ws)
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=W_TOL)
 
 
 def test_all_classes_opposite_set_is_the_full_mean(gen):
@@ -106,16 +117,16 @@ def test_all_classes_opposite_set_is_the_full_mean(gen):
   w_c = np.asarray(map2(z, labels))
   expected = full_mean + 1.2 * (w_c - full_mean)
   got = guidance.guided_ws(map2, z, labels, scale=1.2, opposite_labels=jnp.arange(NUM_CLASSES))
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=W_TOL)
   # Per-sample sets [B, M] that are permutations of all classes give the same mean.
   perms = jnp.stack([jax.random.permutation(jax.random.key(i), NUM_CLASSES)
                      for i in range(BATCH)])
   got_perm = guidance.opposite_mean(map2, z, perms)
-  np.testing.assert_allclose(got_perm, full_mean, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got_perm, full_mean, rtol=0, atol=W_TOL)  # another sum order
   # Chunked (lax.scan with a padded last chunk) equals the single vmap.
   for max_pairs in (BATCH, 3 * BATCH):
     chunked = guidance.opposite_mean(map2, z, jnp.arange(NUM_CLASSES), max_pairs=max_pairs)
-    np.testing.assert_allclose(chunked, full_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(chunked, full_mean, rtol=0, atol=W_TOL)
 
 
 def test_layerwise_scale_touches_only_its_layers(gen):
@@ -131,18 +142,23 @@ def test_layerwise_scale_touches_only_its_layers(gen):
                                          num_ws=G.num_ws))
   untouched = scale == 1
   np.testing.assert_array_equal(got[:, untouched], w_c[:, untouched])
+  # Guided rows: the same w_c / w_oppo (same programs, same inputs) through one multiply-add
+  # with the scale per row instead of scalar: at most a fused vs unfused rounding, ~1 ulp of
+  # values <= 6 (5e-7; seen exactly equal). A wrong row moves w by >= 0.5 |w_c - w_oppo|.
   np.testing.assert_allclose(got[:, ~untouched], scalar[:, ~untouched], rtol=1e-6, atol=1e-6)
   assert np.abs(got[:, ~untouched] - w_c[:, ~untouched]).min() > 0
 
 
 def test_schedule_helpers(gen):
   G = gen[0]
-  np.testing.assert_allclose(guidance.layerwise_scale(G, {4: 1.5, 8: 1.4, 16: 1.1}),
-                             [1.5, 1.4, 1.4, 1.1, 1.1, 1.1])
-  np.testing.assert_allclose(guidance.low_high(G, low=1.5, high=1.1, split=8),
-                             [1.5, 1.5, 1.5, 1.1, 1.1, 1.1])
-  np.testing.assert_allclose(guidance.low_high([4, 8, 16, 32, 64, 64], 2.0, 1.0),
-                             [2, 2, 2, 1, 1, 1])
+  # Table look-ups into float32 arrays: exactly the float32 values given, no arithmetic.
+  f32 = lambda values: np.asarray(values, np.float32)
+  np.testing.assert_array_equal(guidance.layerwise_scale(G, {4: 1.5, 8: 1.4, 16: 1.1}),
+                                f32([1.5, 1.4, 1.4, 1.1, 1.1, 1.1]))
+  np.testing.assert_array_equal(guidance.low_high(G, low=1.5, high=1.1, split=8),
+                                f32([1.5, 1.5, 1.5, 1.1, 1.1, 1.1]))
+  np.testing.assert_array_equal(guidance.low_high([4, 8, 16, 32, 64, 64], 2.0, 1.0),
+                                f32([2, 2, 2, 1, 1, 1]))
   assert guidance.parse_layer_scales("4:1.5, 8:1.5,16:1.2") == {4: 1.5, 8: 1.5, 16: 1.2}
   with pytest.raises(ValueError, match="misses resolutions"):
     guidance.layerwise_scale(G, {4: 1.5})
@@ -163,18 +179,23 @@ def test_truncation_composes_with_guidance(gen):
                               num_ws=G.num_ws)
   got = guidance.guided_ws(map2, z, labels, scale=1.3, opposite_labels=opposite,
                            num_ws=G.num_ws, truncation_psi=psi, w_avg=w_avg)
+  # The same guided w (same programs, same inputs) through one multiply-add: at most a fused
+  # vs unfused rounding, ~1 ulp of values <= 6 (seen exactly equal); psi off by 0.01 moves w
+  # by ~1e-2.
   np.testing.assert_allclose(got, w_avg + psi * (guided - w_avg), rtol=1e-6, atol=1e-6)
   # Truncating w_c and w_oppo first, then guiding, is the same map (affine weights sum to 1).
   trunc = lambda w: w_avg + psi * (w - w_avg)
   w_c, w_oppo = map2(z, labels), guidance.opposite_mean(map2, z, opposite)
   other_order = trunc(w_oppo) + 1.3 * (trunc(w_c) - trunc(w_oppo))
-  np.testing.assert_allclose(got[:, 0], other_order, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[:, 0], other_order, rtol=0, atol=W_TOL)
   # Unguided + truncation is NVIDIA's truncated mapping; psi = 1 is exactly untruncated.
   nvidia = jax.jit(lambda v_, z_, c_: G.apply(v_, z_, c_, truncation_psi=psi,
                                               method=G.mapping))(v, z, labels)
+  # Two jitted mapping programs (truncation fused into the mapping or applied after it).
   np.testing.assert_allclose(
       guidance.guided_ws(map2, z, labels, scale=1.0, empty_label=G.empty_label,
-                         num_ws=G.num_ws, truncation_psi=psi, w_avg=w_avg), nvidia, atol=1e-6)
+                         num_ws=G.num_ws, truncation_psi=psi, w_avg=w_avg), nvidia, rtol=0,
+      atol=W_TOL)
   np.testing.assert_array_equal(guidance.truncate(w_c, w_avg, jnp.float32(1.0)), w_c)
 
 

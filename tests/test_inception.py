@@ -12,6 +12,10 @@ from gandance_jax import interop
 from gandance_jax.evaluation import features, inception, weights
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "fid_inception"
+# Against pytorch-fid's network (PyTorch CPU, float32), relative to the tensor's largest value:
+# ~48 conv layers of fan-in K up to ~1e4 reassociate their sums, ~sqrt(48 K) eps = 8e-5
+# relative typically; 1e-3 is 12x that, while a wrong padding, pooling or BN eps changes
+# features by > 1e-2 relative.
 TOL = 1e-3
 
 
@@ -127,6 +131,8 @@ def test_batchnorm_is_folded_with_eps_1e3():
   x = np.random.default_rng(0).standard_normal(w.shape[1])
   want = (w @ x - m) / np.sqrt(v + 1e-3) * g + b  # conv then BatchNorm (inference)
   got = np.asarray(p["kernel"][0, 0], np.float64).T @ x + np.asarray(p["bias"])
+  # The folded kernel and bias are rounded to float32 (6e-8 relative each), the dot is float64:
+  # <= 6e-8 sum|w x| ~ 1e-6 absolute; an unfolded BN or eps 1e-5 is off by > 1e-3.
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -167,6 +173,22 @@ def test_pth_converts_without_torch(tmp_path):
 
 
 # ------------------------------------------------------------------------------- preprocessing
+
+
+def _tap_error(in_size: int, out_size: int) -> float:
+  """A bound of the float32 source coordinate's error on either grid (the taps are float32
+  on purpose, as TF1's and torch's): the rounded scale times i <= out_size * ulp(scale) / 2,
+  the product and the half-pixel offsets rounded at the coordinate's size (<= 2 ulp(in_size)),
+  with 2x to spare on the first term."""
+  scale = np.float32(in_size) / np.float32(out_size)
+  return float(out_size * np.spacing(scale) + 2 * np.spacing(np.float32(in_size)))
+
+
+def _resize_tol(in_hw, out_hw, value_range: float) -> float:
+  """|float32 resize - a resize with exact coordinates|: each axis' coordinate error times
+  the largest step between neighbours (value_range), plus the two float32 lerps' roundings."""
+  coordinate = sum(_tap_error(i, o) for i, o in zip(in_hw, out_hw))
+  return value_range * coordinate + 4 * float(np.spacing(np.float32(value_range)))
 
 
 def _tf1_resize_loop(img, out_h, out_w):
@@ -215,8 +237,11 @@ def _torch_bilinear_loop(img, out_h, out_w):
 def test_tf1_resize_matches_loop_transcription(in_hw, out_hw):
   img = np.random.default_rng(0).uniform(0, 255, in_hw + (3,)).astype(np.float32)
   got = features.resize_bilinear(jnp.asarray(img[None]), out_hw, method="tf1")[0]
+  # The loop runs in float64, the resize with float32 taps: 6.4e-3 for 64 -> 61 at values up
+  # to 255 (seen 9.8e-4; the old 1e-3 was below this bound). A grid shifted by a fraction of
+  # a pixel is off by tens.
   np.testing.assert_allclose(got, _tf1_resize_loop(img.astype(np.float64), *out_hw),
-                             rtol=0, atol=1e-3)
+                             rtol=0, atol=_resize_tol(in_hw, out_hw, 255.0))
 
 
 @pytest.mark.parametrize("in_hw,out_hw", [((64, 8), (37, 299)), ((20, 9), (6, 4))])
@@ -224,8 +249,10 @@ def test_half_pixel_resize_matches_torch_formula(in_hw, out_hw):
   """Includes downsampling, where F.interpolate does not antialias (jax.image.resize does)."""
   img = np.random.default_rng(1).uniform(-1, 1, in_hw + (2,)).astype(np.float32)
   got = features.resize_bilinear(jnp.asarray(img[None]), out_hw, method="half_pixel")[0]
+  # float32 taps vs the float64 loop, values in [-1, 1] (seen 4.4e-6; bound 4.5e-5 for 64 ->
+  # 37); an antialiased or shifted grid is off by > 1e-2.
   np.testing.assert_allclose(got, _torch_bilinear_loop(img.astype(np.float64), *out_hw),
-                             rtol=0, atol=1e-5)
+                             rtol=0, atol=_resize_tol(in_hw, out_hw, 2.0))
 
 
 @pytest.mark.parametrize("in_hw,out_hw", [((64, 64), (299, 299)), ((32, 20), (299, 7)),
@@ -239,10 +266,15 @@ def test_both_resizes_match_tensorflow_kernels(in_hw, out_hw):
   want_tf1 = tf.compat.v1.image.resize_bilinear(img, out_hw, align_corners=False,
                                                 half_pixel_centers=False).numpy()
   got_tf1 = features.resize_bilinear(jnp.asarray(img), out_hw, method="tf1")
-  np.testing.assert_allclose(got_tf1, want_tf1, rtol=0, atol=2e-3)
+  # TF's kernels compute the same float32 coordinates by the same formulas (in * scale, and
+  # (i + 0.5) * scale - 0.5), so only the two lerps' roundings differ: a few ulps of 255
+  # (1.5e-5 each; seen 4.6e-5). 2e-3 is ~130 ulps; a grid off by a fraction of a pixel is
+  # off by tens (the grids differ by > 1 below).
+  tol = 2e-3
+  np.testing.assert_allclose(got_tf1, want_tf1, rtol=0, atol=tol)
   want_hp = tf.image.resize(img, out_hw, method="bilinear", antialias=False).numpy()
   got_hp = features.resize_bilinear(jnp.asarray(img), out_hw, method="half_pixel")
-  np.testing.assert_allclose(got_hp, want_hp, rtol=0, atol=2e-3)
+  np.testing.assert_allclose(got_hp, want_hp, rtol=0, atol=tol)
   # The two grids really differ here (the test would notice a swapped method).
   assert np.abs(want_tf1 - want_hp).max() > 1.0
 
@@ -252,7 +284,9 @@ def test_the_two_grids_differ_by_a_constant_shift():
   lo_t, _, f_t = features._tf1_taps(64, 299)
   inner = slice(3, 296)  # the half-pixel grid clamps its first source coordinates at 0
   shift = (lo_h + f_h)[inner] - (lo_t + f_t)[inner]
-  np.testing.assert_allclose(shift, 0.5 * 64 / 299 - 0.5, atol=1e-5)  # -0.393 pixels
+  # Two float32 coordinates up to 64 (ulp 7.6e-6), each within _tap_error (seen 2.1e-6).
+  np.testing.assert_allclose(shift, 0.5 * 64 / 299 - 0.5, rtol=0,  # -0.393 pixels
+                             atol=2 * _tap_error(64, 299))
 
 
 def test_quantisation_conventions():
@@ -275,6 +309,8 @@ def test_preprocess_conventions():
   # (The resizes themselves are checked against the loop transcriptions above.)
   want = (features.resize_bilinear(jnp.asarray(u, jnp.float32), (299, 299), method="tf1")
           - 128) / 128
+  # The same resize and affine map, perhaps fused differently: a few ulps of values in
+  # [-1, 1] (2.4e-7 each); a wrong offset or scale is >= 1/128.
   np.testing.assert_allclose(a, want, atol=1e-6)
   # pytorch_fid: [0, 1] -> half-pixel resize -> 2x - 1.
   c = inception.preprocess(jnp.asarray(x), "pytorch_fid")

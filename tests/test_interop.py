@@ -94,7 +94,8 @@ def test_golden_pickle_loads_without_torch():
   assert r["torch"] and r["torch_still_blocked"] and r["load_generator_same"]
   assert r["state_dicts_equal"] == {"G": True, "G_ema": True, "D": True, "augment_pipe": True}
   assert r["export_inverse"] == {"G_ema": True, "D": True}
-  # The StyleGAN2 parity bounds of the issue (float32 reorderings stay far below them).
+  # The StyleGAN2 parity bounds of the issue (float32 reorderings stay far below them: the
+  # derivation is in test_stylegan2._check_parity, ~sqrt(layers * fan-in) eps of the values).
   assert r["ws"] <= 1e-4, r
   assert r["img"] <= 1e-3 and r["img_G"] <= 1e-3 and r["logits"] <= 1e-3, r
   assert r["img_G_vs_G_ema"] > 1e-2, "G and G_ema must differ in this file (picked one net?)"

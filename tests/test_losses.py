@@ -14,6 +14,9 @@ from gandance_jax.train import augment
 def test_logistic_losses_match_log_sigmoid():
   logits = jnp.array([-30.0, -2.0, 0.0, 1.5, 30.0])
   sig = jax.nn.sigmoid(logits)
+  # softplus vs -log(sigmoid): a few float32 roundings of each O(1-30) value, ~1e-7 relative
+  # (seen 3e-8 at 30); atol for the tiny losses near logit 30, where -log(sig) ~ 1e-13 is
+  # itself rounding. A wrong sign or a missing term is O(1).
   np.testing.assert_allclose(losses.generator_loss(logits), -jnp.log(sig), rtol=1e-5,
                              atol=1e-6)
   np.testing.assert_allclose(losses.discriminator_real_loss(logits), -jnp.log(sig),
@@ -28,6 +31,8 @@ def test_r1_penalty_of_a_quadratic():
   a = 0.7
   x = jax.random.normal(jax.random.key(0), (3, 4, 4, 2))
   penalty, logits = losses.r1_penalty(lambda img: jnp.sum(a * img ** 2, axis=(1, 2, 3)), x)
+  # Sums of 32 positive float32 terms in another order: relative error <= 32 eps = 3.8e-6
+  # (seen 9.7e-8); a wrong factor (2 a, a^2) is O(1) relative.
   np.testing.assert_allclose(penalty, jnp.sum(4 * a * a * x ** 2, axis=(1, 2, 3)), rtol=1e-5)
   np.testing.assert_allclose(logits, jnp.sum(a * x ** 2, axis=(1, 2, 3)), rtol=1e-5)
 
@@ -36,7 +41,8 @@ def test_r1_penalty_is_differentiable_in_the_weights():
   x = jax.random.normal(jax.random.key(1), (2, 2, 2, 1))
   loss = lambda w: jnp.mean(losses.r1_penalty(lambda img: jnp.sum(w * img ** 2, (1, 2, 3)),
                                               x)[0])
-  # d/dw mean_b sum 4 w^2 x^2 = mean_b sum 8 w x^2
+  # d/dw mean_b sum 4 w^2 x^2 = mean_b sum 8 w x^2: 16 positive terms, <= 16 eps = 1.9e-6
+  # relative whatever the order (seen exactly equal).
   np.testing.assert_allclose(jax.grad(loss)(0.5), jnp.mean(jnp.sum(8 * 0.5 * x ** 2,
                                                                     (1, 2, 3))), rtol=1e-5)
 
@@ -53,6 +59,9 @@ def test_path_length_of_a_linear_synthesis():
   y = jax.random.normal(key, (b, h, h, 1)) / np.sqrt(h * h)
   grads = jnp.einsum("bhwc,ndhwc->bnd", y, m)
   want = jnp.sqrt(jnp.mean(jnp.sum(grads ** 2, axis=2), axis=1))
+  # Sums of <= 15 positive squares (the VJP sums 4 pixels of mixed sign first, a cancellation
+  # of O(1) terms): <= ~20 eps = 2.4e-6 relative; the penalty (L - m)^2 squares a difference
+  # of O(1) values, ~10x that relative to its size, hence 1e-4 (all seen exactly equal).
   np.testing.assert_allclose(lengths, want, rtol=1e-5)
   np.testing.assert_allclose(pl_mean, 0.5 + (want.mean() - 0.5) * 0.01, rtol=1e-5)
   np.testing.assert_allclose(penalty, (want - pl_mean) ** 2, rtol=1e-4)

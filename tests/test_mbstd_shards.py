@@ -24,12 +24,16 @@ def test_shards_group_each_block_separately():
   # One shard: NVIDIA's grouping (member * N/G + group) of the whole batch.
   g = x.reshape(4, 4, 4, 4, 2, 3)
   want = jnp.sqrt(jnp.var(g, axis=0) + 1e-8).mean(axis=(1, 2, 4))  # [N/G, F]
+  # A variance over 4 members, a sqrt and a mean of 16: <= ~25 roundings of positive O(1)
+  # values, 25 eps/2 = 1.5e-6 relative (seen 1.3e-7); a wrong grouping is O(0.1).
   np.testing.assert_allclose(whole[:, 0, 0, 6:], jnp.tile(want, (4, 1)), rtol=1e-5)
   # Two shards = the two halves on their own.
   split = layers.minibatch_std(x, 4, 2, num_shards=2)
   halves = jnp.concatenate([layers.minibatch_std(x[:8], 4, 2),
                             layers.minibatch_std(x[8:], 4, 2)])
-  np.testing.assert_allclose(split, halves, rtol=1e-6)
+  # The same arithmetic on the same halves (seen exactly equal); another fusion could round
+  # each positive statistic differently, 2 x 25 eps/2 = 3e-6 relative at most.
+  np.testing.assert_allclose(split, halves, rtol=1e-5)
   assert not np.allclose(split, whole)  # a real change of groups, not a no-op
   with pytest.raises(ValueError, match="shards 3 must be >= 1 and divide the batch size 16"):
     layers.minibatch_std(x, 4, 2, num_shards=3)
@@ -81,9 +85,15 @@ def test_device_local_groups_need_no_collectives_and_match():
   out = json.loads(result.stdout)
   for shards in ("1", "4"):
     assert out[shards]["devices"] == 4
-    # The same logits whether the batch is on one device or split over four.
-    np.testing.assert_allclose(out[shards]["sharded"], out[shards]["local"], rtol=1e-5,
-                               atol=1e-6)
+    # The same logits whether the batch is on one device or split over four: D's 5 conv /
+    # FC layers (fan-in <= 3 * 3 * 16 = 144) may be blocked differently per batch size and
+    # the whole-batch groups' moments are summed across devices in arrival order, so each
+    # layer's float32 sums reassociate: <= K eps = 1.7e-5 relative per layer at worst
+    # (~sqrt(K) eps typically; seen 1.8e-7 at |logit| <= 0.7). 1e-4 relative (+1e-5 for a
+    # logit that cancels near 0) covers 5 such layers; grouping per shard vs per batch changes
+    # the logits by O(0.1) (asserted below).
+    np.testing.assert_allclose(out[shards]["sharded"], out[shards]["local"], rtol=1e-4,
+                               atol=1e-5)
   # Whole-batch groups span the 4 devices (member j, j + 4, ... of 16): D's forward needs
   # cross-device reductions; one group set per device needs none.
   assert out["1"]["all_reduces"] > 0

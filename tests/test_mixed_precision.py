@@ -55,7 +55,11 @@ def test_outputs_close_to_float32_and_blocks_in_bfloat16():
     logits = jax.jit(lambda v, D=D: D.apply(v, ref_img, c))(d_vars)
     assert img.dtype == jnp.float32 and logits.dtype == jnp.float32
     scale = float(jnp.abs(ref_img).max())
-    # bfloat16 keeps 8 bits of mantissa: about 1% of the output range.
+    # bfloat16 keeps 8 bits of mantissa: each conv rounds its inputs and weights to 2^-9
+    # relative (2e-3), which moves a K-term dot product by ~2 * 2e-3 of its typical size;
+    # over <= 8 bfloat16 convs that random walk is ~1% of the output range (sqrt(8) * 4e-3).
+    # 3% is 3x that; a wrong dtype rule or a missing cast-back breaks the dtype asserts and
+    # a lost layer moves outputs by O(1).
     np.testing.assert_allclose(img, ref_img, rtol=0, atol=0.03 * scale)
     np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=0.03)
     counts[n] = (_bf16_convs(lambda v: G.apply(v, z, c, noise_mode="const"), g_vars),

@@ -94,6 +94,8 @@ def test_merged_statistics_equal_one_process(results):
   for r in results:
     assert r["count"] == 7
     # float64 survives the exchange: a float32 path would be off by ~1e-1 at this offset.
+    # float64 merge of 7 values ~1e6: the means round at ulp(1e6) = 1.2e-10 (1e-16 relative)
+    # and sigma (~1e6) at ~ulp(1e6) * |deviation| (1e3), ~1e-13 relative; the bounds are lax.
     np.testing.assert_allclose(r["mu"], mu, rtol=1e-13)
     np.testing.assert_allclose(r["sigma"], sigma, rtol=1e-9)
   assert results[0]["mu"] == results[1]["mu"] and results[0]["sigma"] == results[1]["sigma"]

@@ -17,6 +17,8 @@ def test_drs_acceptance_hand_computed():
   # With eps = 0 and gamma = 0, sigmoid(F) = exp(logit - max): plain rejection sampling.
   logits = jnp.log(jnp.array([0.5, 0.25, 0.1]))
   acc = pp.drs_acceptance(logits, jnp.float32(0.0), 0.0, eps=0.0)
+  # A log, a subtraction, a log1p and a sigmoid of O(1) float32 values: a few ulps, ~1e-6
+  # relative at most (seen 3e-9); the hand values differ from wrong maths by O(0.1).
   np.testing.assert_allclose(acc, [0.5, 0.25, 0.1], rtol=1e-5)
   # F = d - log(1 - exp(d)): d = log .5 -> F = 0; d = log .25 -> F = log(1/3).
   np.testing.assert_allclose(pp.drs_f(logits[:2], 0.0, eps=0.0), [0.0, np.log(1 / 3)],
@@ -24,7 +26,9 @@ def test_drs_acceptance_hand_computed():
   # gamma shifts F: sigmoid(log(1/3) - log(1/3)) = 0.5.
   np.testing.assert_allclose(pp.drs_acceptance(logits[1], 0.0, np.log(1 / 3), eps=0.0), 0.5,
                              rtol=1e-5)
-  # eps keeps the max-logit sample finite: F(max) = -log(1 - exp(-eps)).
+  # eps keeps the max-logit sample finite: F(max) = -log(1 - exp(-eps)). 1 - exp(-1e-3) in
+  # float32 cancels: an ulp of 1 (1.2e-7) is 1.2e-4 of the difference, i.e. <= ~2.4e-4 in F
+  # = 6.9 (seen 1e-5); rtol 1e-4 (6.9e-4) covers it, a wrong formula is off by O(1).
   np.testing.assert_allclose(pp.drs_f(jnp.float32(2.0), 2.0, eps=1e-3),
                              -np.log(1 - np.exp(-1e-3)), rtol=1e-4)
 
@@ -33,8 +37,10 @@ def test_mh_acceptance_hand_computed():
   logit = lambda p: np.log(p / (1 - p))
   # alpha = min(1, (1/D(x_k) - 1) / (1/D(x') - 1)).
   a = pp.mh_acceptance(jnp.float32(logit(0.8)), jnp.float32(logit(0.5)))
+  # exp of float32 logits, a ratio: a few ulps (seen exactly 0.25); min(1, .) is exactly 1.
   np.testing.assert_allclose(a, (1 / 0.8 - 1) / (1 / 0.5 - 1), rtol=1e-5)   # 0.25
-  np.testing.assert_allclose(pp.mh_acceptance(jnp.float32(0.0), jnp.float32(logit(0.8))), 1.0)
+  np.testing.assert_array_equal(pp.mh_acceptance(jnp.float32(0.0), jnp.float32(logit(0.8))),
+                                1.0)
 
 
 def test_platt_recovers_known_logistic():
@@ -42,12 +48,14 @@ def test_platt_recovers_known_logistic():
   rng = np.random.default_rng(0)
   cal = pp.fit_platt(rng.normal(1, 1, 20000), rng.normal(-1, 1, 20000))
   assert abs(float(cal.a) - 2.0) < 0.1 and abs(float(cal.b)) < 0.05
+  # One multiply-add in float32, fused or not: <= 2 ulps of a value ~1 (seen exactly equal).
   np.testing.assert_allclose(cal(jnp.array([0.5])), cal.a * 0.5 + cal.b, rtol=1e-6)
 
 
 def test_isotonic_pav_and_calibration():
-  np.testing.assert_allclose(pp._pav(np.array([1.0, 3.0, 2.0, 4.0]), np.ones(4)),
-                             [1.0, 2.5, 2.5, 4.0])
+  # float64 means of small integers: exact.
+  np.testing.assert_array_equal(pp._pav(np.array([1.0, 3.0, 2.0, 4.0]), np.ones(4)),
+                                [1.0, 2.5, 2.5, 4.0])
   cal = pp.fit_isotonic(np.array([1.0, 2.0, 3.0]), np.array([-3.0, -2.0, -1.0]))
   p = jax.nn.sigmoid(cal(jnp.array([-2.5, 0.0, 2.5])))
   assert float(p[0]) < 1e-3 and float(p[2]) > 1 - 1e-3
@@ -145,10 +153,13 @@ def test_refinement_one_step_hand_computed():
   sgd = pp.make_refine_sampler(fns, layer="output", steps=1, step_size=0.1, optimizer="sgd",
                                keep_best=False)
   x, info = sgd(VARS, key, LABELS)
+  # One float32 gradient step on |x| = O(3): a few ulps (1e-6); a wrong sign or lr is O(0.1).
   np.testing.assert_allclose(x, x0 + 0.1 * (-2.0) * (x0 - 3.0), rtol=1e-5, atol=1e-5)
   assert float(info["logit_after"]) > float(info["logit_before"])
   adam = pp.make_refine_sampler(fns, layer="output", steps=1, step_size=0.1, keep_best=False)
   x, _ = adam(VARS, key, LABELS)
+  # Adam's first step is lr g / (|g| + 1e-8) (bias corrections in float32): off lr sign(g)
+  # by lr 1e-8 / |g|, <= 1e-5 unless |x0 - 3| < 5e-5, plus a few ulps of O(3).
   np.testing.assert_allclose(x, x0 + 0.1 * jnp.sign(3.0 - x0), rtol=1e-4, atol=1e-4)
   # A target stops samples that already reach it.
   tgt = pp.make_refine_sampler(fns, layer="output", steps=5, step_size=0.1, optimizer="sgd",

@@ -47,8 +47,19 @@ def test_matches_brute_force(blocks):
   samples = 0.8 * rng.standard_normal((250, 16)) + 0.5
   kw = dict(row_batch_size=blocks[0], col_batch_size=blocks[1])
   r_ref, r_s, precision, recall = _brute_force(ref, samples)
+  # The module's float32 |u|^2 - 2 u.v + |v|^2 (16 dims) vs float64 differences: <= (2 * 16 +
+  # 2) eps32 (|u|^2 + |v|^2) = 2.9e-4 absolute with |u|^2 <= 36, i.e. <= 6e-5 of the
+  # smallest radius (5.0); seen 6e-6. A wrong k or a missing exclusion of the point itself
+  # changes radii by O(1).
+  sq_norm = max(np.sum(ref ** 2, 1).max(), np.sum(samples ** 2, 1).max())
+  dist_err = (2 * 16 + 2) * np.finfo(np.float32).eps * 2 * sq_norm
   np.testing.assert_allclose(pr.manifold_radii(ref, **kw), r_ref, rtol=1e-4)
   np.testing.assert_allclose(pr.manifold_radii(samples, **kw), r_s, rtol=1e-4)
+  # Membership is d <= r: float32 rounding of d and r can only flip a pair within 2 dist_err
+  # of a ball's boundary; this data has none (the closest is 9.4e-4 away), so the fractions
+  # are equal exactly.
+  d = ((ref[:, None, :] - samples[None, :, :]) ** 2).sum(-1)
+  assert min(np.abs(d - r_ref[:, None]).min(), np.abs(d - r_s[None]).min()) > 2 * dist_err
   got = pr.precision_recall(ref, samples, **kw)
   assert got == pytest.approx((precision, recall), abs=1e-12)
   assert 0.2 < precision < 1 and 0.2 < recall < 1  # a non-trivial case

@@ -38,12 +38,21 @@ def _check_parity(npz_path: pathlib.Path) -> None:
                                                method=G.mapping))
   synthesis = jax.jit(lambda ws: G.apply(g_vars, ws, noise_mode="const", method=G.synthesis))
   disc = jax.jit(lambda x, c: D.apply(d_vars, x, c))
+  # Two implementations (PyTorch CPU vs XLA), both float32: every layer's sums run in another
+  # order. Per layer of fan-in K that is ~sqrt(K) eps relative typically, K eps at worst. ws
+  # (2 FC layers, K <= 64, |w| <= 4.5): typical 4e-6, worst 2 * 64 * eps * 4.5 = 7e-5 (seen
+  # <= 1.3e-6); atol 1e-4 covers the worst case.
   ws = mapping(z, labels, 1.0)
   np.testing.assert_allclose(ws, data["out.ws"], rtol=0, atol=1e-4)
   ws_t = mapping(z, labels, 0.7)
   np.testing.assert_allclose(ws_t, data["out.ws_psi0.7"], rtol=0, atol=1e-4)
 
   nhwc = lambda x: np.asarray(x).transpose(0, 2, 3, 1)
+  # Images (<= 8 convs of K <= 3 * 3 * 32 = 288, |pixel| up to 14) and D logits (|l| <= 3):
+  # typical sqrt(8 K) eps = 5.7e-6 relative, 8e-5 at |pixel| 14 (seen <= 1.1e-5 and 5e-6);
+  # the all-aligned worst case 8 K eps |x| = 4e-3 is not approached by independent roundings.
+  # 1e-3 is 12x the typical while a wrong noise, demodulation, resampling filter or mbstd
+  # grouping moves pixels / logits by > 1e-2.
   for ws_key, img_key in (("out.ws", "out.img"), ("out.ws_psi0.7", "out.img_psi0.7")):
     img = synthesis(jnp.asarray(data[ws_key]))
     np.testing.assert_allclose(img, nhwc(data[img_key]), rtol=0, atol=1e-3)
@@ -55,6 +64,9 @@ def _check_parity(npz_path: pathlib.Path) -> None:
   # One-hot float labels are the same condition as int ids.
   if c_dim:
     logits_onehot = disc(nhwc(data["in.x_real"]), data["in.c_onehot"])
+    # One-hot @ embedding is exact (products are 0 or the row), the rest is D compiled again
+    # for another label type: at most another fusion's rounding of a few ulps of the O(1)
+    # logits (seen exactly equal); a wrong class row moves them by O(0.1).
     np.testing.assert_allclose(logits_onehot, logits_real, rtol=0, atol=1e-5)
 
 
@@ -178,6 +190,8 @@ def test_truncation_identity_and_centre():
   ws = G.apply(v, z, labels, method=G.mapping)
   np.testing.assert_array_equal(G.apply(v, z, labels, truncation_psi=1.0, method=G.mapping), ws)
   ws0 = G.apply(v, z, labels, truncation_psi=0.0, method=G.mapping)
+  # psi = 0: w_avg + 0 * (w - w_avg) is w_avg up to the rounding of one add (|w_avg| <= 3,
+  # 1 ulp = 2.4e-7); psi = 0.5: one multiply-add of O(3) values, fused or not, <= 2 ulps.
   np.testing.assert_allclose(ws0, jnp.broadcast_to(w_avg, ws.shape), atol=1e-6)
   cut = G.apply(v, z, labels, truncation_psi=0.5, truncation_cutoff=2, method=G.mapping)
   np.testing.assert_allclose(cut[:, :2], w_avg + 0.5 * (ws[:, :2] - w_avg), atol=1e-6)
@@ -204,6 +218,9 @@ def test_demodulation_invariances():
   # Demodulation normalises every output channel: a positive per-output-channel scale of the
   # weight, or a per-sample scale of the styles, cannot change the output.
   out_scale = jax.random.uniform(key[3], (7,), minval=0.1, maxval=10.0)
+  # Scaled weights are demodulated back: the 3 * 3 * 5 = 45-term sums and the norm are rounded
+  # at another scale, <= ~45 eps = 5e-6 relative of outputs O(1) (seen far below); the
+  # non-invariance below is O(0.1).
   np.testing.assert_allclose(layers.modulated_conv2d(x, weight * out_scale, styles, padding=1),
                              base, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(
@@ -319,6 +336,7 @@ def test_bias_act_clamp_and_gain():
   x = jnp.array([[-3.0, -0.5, 0.5, 3.0]])
   y = layers.bias_act(x, jnp.array([0.0, 0.0, 0.0, 1.0]), act="lrelu", gain=2.0, clamp=4.0)
   # lrelu(x) * 2 clamped to [-4, 4]: -3 -> -1.2, -0.5 -> -0.2, 0.5 -> 1, 4 -> 8 -> 4.
+  # Two roundings of O(1) float32 values (0.2 gain products of decimals): ~2 ulps, 2.4e-7 rel.
   np.testing.assert_allclose(y, [[-1.2, -0.2, 1.0, 4.0]], rtol=1e-6)
   G = small_g(conv_clamp=0.05)
   v = stylegan2.init_generator(G, jax.random.key(0))
