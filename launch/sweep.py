@@ -40,8 +40,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # cwd=REPO): import that library, not another installed copy.
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
-METRICS = ("fid", "class_accuracy", "classifier_score", "target_probability",
-           "inception_score", "precision", "recall")
+# digit_accuracy / style_accuracy: the two halves of a digits100 class (extractor 'digits100').
+METRICS = ("fid", "class_accuracy", "digit_accuracy", "style_accuracy", "classifier_score",
+           "target_probability", "inception_score", "precision", "recall")
 
 
 def load_py_config(path: str) -> Any:
@@ -243,9 +244,10 @@ def write_plots(outdir: str, rows: list[dict[str, Any]]) -> list[str]:
         groups.setdefault(key_fn(r), []).append((r[x], r[metric]))
     return {k: sorted(v) for k, v in groups.items()}
 
-  # Table 1 / S1 curves: the scale grids at psi = 1 (the p and psi grids have their own plots).
+  # Table 1 / S1 curves: the scale grids at psi = 1 (the p and psi grids have their own plots;
+  # 'seed' grids repeat cells on another training seed, read from the tables).
   by_scale = [r for r in rows if r.get("schedule") is None and r.get("psi") == 1.0
-              and not r["grid"].startswith(("reset", "psi"))]
+              and not r["grid"].startswith(("reset", "psi", "seed"))]
   label = lambda r: (f"training-free |C|={r['num_opposite'] or 'all'}"
                      if r["mode"] == "training_free" else r["mode"]) + (
                          f" ({r['run']})" if len({x['run'] for x in by_scale}) > 1 else "")

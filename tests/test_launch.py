@@ -54,6 +54,57 @@ def test_sweep_cells_expand_from_the_paper_grids():
   assert len({sweep_lib.cell_key(c) for c in cells}) == len(cells)
 
 
+@pytest.mark.parametrize("arg", ["", ":shrink"])
+def test_digits100_sweep_names_valid_fields_and_the_paper_grids(arg):
+  """Every run's overrides name existing fields of configs/digits100.py and give a valid config
+  (a typo would otherwise surface only when main.py starts that run, an hour into the
+  sweep); the cells are the issue's grids. Loads files only: no training, no evaluation."""
+  from gandance_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from tests import _mp_common  # pylint: disable=g-import-not-at-top
+  sweep = sweep_lib.load_py_config(str(REPO_ROOT / f"configs/sweeps/digits100.py{arg}"))
+  assert sweep.eval["extractor"] == "digits100"
+  for run, values in sweep.runs.items():
+    config = sweep_lib.load_py_config(str(REPO_ROOT / sweep.base_config))
+    merged = {**sweep.overrides, **values}
+    for dotted in merged:
+      node = config
+      for part in dotted.split("."):
+        assert part in node, f"run {run!r}: {dotted!r} is not a field of {sweep.base_config}"
+        node = node[part]
+    config_lib.validate_config(_mp_common.set_fields(config, merged))
+  cells = sweep_lib.expand_cells(sweep)
+  assert len({sweep_lib.cell_key(c) for c in cells}) == len(cells)
+  grids = {}
+  for c in cells:
+    grids[c["grid"]] = grids.get(c["grid"], 0) + 1
+  if arg:
+    assert grids == {"table1_training_free": 1, "table1_learned": 2, "layerwise": 1}
+    return
+  # 3 |C| x 5 scales; 5 scales; 2 scales x 2 psi; 3 runs x 2 scales; 2 seeds x 2 scales;
+  # 2 seeds x 1 cell; 4 schedules.
+  assert grids == {"table1_training_free": 15, "table1_learned": 5, "psi_learned": 4,
+                   "reset_p": 6, "seed_learned": 4, "seed_training_free": 2, "layerwise": 4}
+  assert {c["num_opposite"] for c in cells if c["mode"] == "training_free"} == {5, 20, 100}
+  assert {sweep.runs[r]["train.label_reset_prob"] for r in sweep.runs} == {0.0, 0.1, 0.2}
+  # The extra seed repeats the run the grids use, with only the seeds changed.
+  seeded = [r for r in sweep.runs if sweep.runs[r].get("seed")]
+  assert len(seeded) == 1
+  base = {k: v for k, v in sweep.runs[seeded[0]].items() if "seed" not in k}
+  assert base in [sweep.runs[c["run"]] for c in cells if c["grid"].startswith("table1")]
+
+
+def test_sweep_tables_show_digit_and_style_accuracy():
+  """digits100 cells carry the digit / style halves of the class accuracy into the tables."""
+  rows = [dict(grid="g", run="r", mode="learned", num_opposite=0, scale=s, schedule=None,
+               psi=1.0, fid=f, class_accuracy=0.5, digit_accuracy=d, style_accuracy=0.75)
+          for s, f, d in ((1.0, 3.0, 0.875), (1.5, 2.0, 0.625))]
+  (name, header, table), = sweep_lib.grid_tables(rows)
+  assert name == "g"
+  assert header == ["scale", "fid", "class_accuracy", "digit_accuracy", "style_accuracy"]
+  assert table == [["1.000", "3.000", "0.500", "0.875", "0.750"],
+                   ["1.500", "2.000", "0.500", "0.625", "0.750"]]
+
+
 def test_sweep_end_to_end_resumes(tmp_path):
   """Trains the shrink run, evaluates 3 cells, then a rerun recomputes nothing."""
   out = tmp_path / "sweep"
