@@ -18,7 +18,8 @@ appended to <outdir>/results.jsonl as they finish and a rerun skips the cells al
 Outputs: report.html (the tables and plots below in one self-contained page), results.csv,
 results.md (one table per grid) and PNG plots:
   fid_vs_scale.png (Table 1: FID vs scale per |C| and learned), fid_vs_psi.png (Table 3),
-  fid_vs_p.png (Fig. 6), layerwise.png (Fig. 4), classifier_vs_scale.png (Table S1).
+  fid_vs_p.png (Fig. 6), layerwise.png (Fig. 4), classifier_vs_scale.png (Table S1); grids
+  named reset*, psi* and seed* (cells repeated on another training seed) have no scale curve.
 Library logs go to <outdir>/log.txt; each run's own log to its workdir's log.txt.
 """
 
