@@ -80,10 +80,10 @@ def test_digits100_sweep_names_valid_fields_and_the_paper_grids(arg):
   if arg:
     assert grids == {"table1_training_free": 1, "table1_learned": 2, "layerwise": 1}
     return
-  # 3 |C| x 5 scales; 5 scales; 2 scales x 2 psi; 3 runs x 2 scales; 2 seeds x 2 scales;
-  # 2 seeds x 1 cell; 4 schedules.
+  # 3 |C| x 5 scales; 5 scales; 2 scales x 2 psi; 3 runs x 2 scales; on the second seed
+  # 2 scales and 1 cell; 4 schedules.
   assert grids == {"table1_training_free": 15, "table1_learned": 5, "psi_learned": 4,
-                   "reset_p": 6, "seed_learned": 4, "seed_training_free": 2, "layerwise": 4}
+                   "reset_p": 6, "seed_learned": 2, "seed_training_free": 1, "layerwise": 4}
   assert {c["num_opposite"] for c in cells if c["mode"] == "training_free"} == {5, 20, 100}
   assert {sweep.runs[r]["train.label_reset_prob"] for r in sweep.runs} == {0.0, 0.1, 0.2}
   # The extra seed repeats the run the grids use, with only the seeds changed.
