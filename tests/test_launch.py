@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -80,10 +81,18 @@ def test_digits100_sweep_names_valid_fields_and_the_paper_grids(arg):
   if arg:
     assert grids == {"table1_training_free": 1, "table1_learned": 2, "layerwise": 1}
     return
-  # 3 |C| x 5 scales; 5 scales; 2 scales x 2 psi; 3 runs x 2 scales; on the second seed
-  # 2 scales and 1 cell; 4 schedules.
+  # 3 |C| x 5 scales; 5 scales; 2 scales x 2 psi; 3 runs x 2 scales; on the second
+  # training seed and on the second eval seed 2 scales and 1 cell; 4 schedules.
   assert grids == {"table1_training_free": 15, "table1_learned": 5, "psi_learned": 4,
-                   "reset_p": 6, "seed_learned": 2, "seed_training_free": 1, "layerwise": 4}
+                   "reset_p": 6, "seed_learned": 2, "seed_training_free": 1,
+                   "seed_eval_learned": 2, "seed_eval_training_free": 1, "layerwise": 4}
+  # The eval-seed cells repeat table1 cells (same run, mode, |C|, scale) on another seed.
+  table1 = {(c["run"], c["mode"], c["num_opposite"], c["scale"]) for c in cells
+            if c["grid"].startswith("table1")}
+  for c in cells:
+    if c["grid"].startswith("seed_eval"):
+      assert c["eval_seed"] != sweep.eval["seed"]
+      assert (c["run"], c["mode"], c["num_opposite"], c["scale"]) in table1
   assert {c["num_opposite"] for c in cells if c["mode"] == "training_free"} == {5, 20, 100}
   assert {sweep.runs[r]["train.label_reset_prob"] for r in sweep.runs} == {0.0, 0.1, 0.2}
   # The extra seed repeats the run the grids use, with only the seeds changed.
@@ -91,6 +100,21 @@ def test_digits100_sweep_names_valid_fields_and_the_paper_grids(arg):
   assert len(seeded) == 1
   base = {k: v for k, v in sweep.runs[seeded[0]].items() if "seed" not in k}
   assert base in [sweep.runs[c["run"]] for c in cells if c["grid"].startswith("table1")]
+
+
+def test_sweep_eval_seed_grid_is_a_new_cell_and_old_keys_stay():
+  """A grid's eval_seed makes its cells distinct from the same cells on the sweep's seed, and
+  cells without it keep the key they had before the field existed (old results.jsonl rows
+  are still found, so a rerun does not recompute them)."""
+  sweep = types.SimpleNamespace(runs={"r": {}}, grids={
+      "a": dict(runs=["r"], mode="learned", scales=[1.5]),
+      "a2": dict(runs=["r"], mode="learned", scales=[1.5], eval_seed=1)})
+  plain, seeded = sweep_lib.expand_cells(sweep)
+  assert "eval_seed" not in plain and seeded["eval_seed"] == 1
+  old_row = dict(grid="a", run="r", mode="learned", num_opposite=0, scale=1.5,
+                 schedule=None, psi=1.0, fid=1.0)
+  assert sweep_lib.cell_key(old_row) == sweep_lib.cell_key(plain)
+  assert sweep_lib.cell_key({**seeded, "grid": "a"}) != sweep_lib.cell_key(plain)
 
 
 def test_sweep_tables_show_digit_and_style_accuracy():

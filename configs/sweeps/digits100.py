@@ -49,6 +49,11 @@ def get_config(arg: str = "") -> types.SimpleNamespace:
       "seed_learned": dict(runs=["p0.1_seed1"], mode="learned", scales=[1.0, 1.5]),
       "seed_training_free": dict(runs=["p0.1_seed1"], mode="training_free",
                                  num_opposite=[20], scales=[1.5]),
+      # Sampling noise: the same three cells of p0.1 drawn from another eval seed (other z,
+      # noise and opposite sets; the labels are the same).
+      "seed_eval_learned": dict(runs=["p0.1"], mode="learned", scales=[1.0, 1.5], eval_seed=1),
+      "seed_eval_training_free": dict(runs=["p0.1"], mode="training_free", num_opposite=[20],
+                                      scales=[1.5], eval_seed=1),
       # 16x16 has w rows at 4, 8 and 16: the coarse layers (shape, layout) vs the finest
       # (where colour and stroke width are drawn).
       "layerwise": dict(runs=["p0.1"], mode="learned", schedules={
