@@ -16,7 +16,8 @@ A sweep file defines `get_config(arg)` returning a namespace (or dict) with
                 (eval_seed: the grid's samples from another seed than eval['seed'], to
                 measure the sampling noise of a cell)
 Every cell (grid, run, mode, |C|, scale or schedule, psi, eval seed) is evaluated once:
-results are appended to <outdir>/results.jsonl as they finish and a rerun skips the cells already there.
+results are appended to <outdir>/results.jsonl as they finish and a rerun skips the cells
+already there.
 Outputs: report.html (the tables and plots below in one self-contained page), results.csv,
 results.md (one table per grid) and PNG plots:
   fid_vs_scale.png (Table 1: FID vs scale per |C| and learned), fid_vs_psi.png (Table 3),

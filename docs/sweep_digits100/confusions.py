@@ -21,7 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from gandance_jax import checkpoint, errors, images as images_lib, sampler as sampler_lib  # noqa: E402
+from gandance_jax import checkpoint, errors  # noqa: E402
+from gandance_jax import images as images_lib, sampler as sampler_lib  # noqa: E402
 from gandance_jax.data import digits100  # noqa: E402
 from gandance_jax.evaluation import digits100_classifier  # noqa: E402
 
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
   close = np.zeros((10, 10), bool)
   for a, b in digits100.CLOSE_PAIRS:
     close[a, b] = close[b, a] = True
-  for what, mask in (("to a close partner", close), ("elsewhere", ~close & ~np.eye(10, dtype=bool))):
+  elsewhere = ~close & ~np.eye(10, dtype=bool)
+  for what, mask in (("to a close partner", close), ("elsewhere", elsewhere)):
     lines.append(f"| {what} | " + " | ".join(
         str(int(stats[n]["style_confusion"][mask].sum())) for n in names) + " |")
   worst = np.argsort(stats["unguided"]["cls"], kind="stable")[:args.worst]
