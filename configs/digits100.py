@@ -31,10 +31,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.generator.img_channels = 3
 
   # The digits networks with RGB output and 100 classes (a side-by-side step timing put them
-  # at 1.05x the digits step). Not yet timed end to end: 5000 steps are ~2.5x the digits
-  # job's steps at twice its batch.
+  # at 1.05x the digits step).
   # 160 kimg = 5000 steps of 32 (~9 epochs of the 17,970 images). DiffAugment without
   # 'color': colour is half of the class here.
+  # Measured on the shared 2-core CPU (load 5-11, docs/sweep_digits100/): 150-360 images/s
+  # (5-11 steps/s); 2500 steps took 9.1 min with start-up and compile, so these 5000 steps
+  # take ~15-18 min at that load (~9 min at 10 steps/s on a quieter machine). Not run to
+  # the end here: the sweep trains 2500 steps. At 2500 steps the samples get the style
+  # nearly half of the time but the digit only at chance (docs/sweep_digits100/README.md).
   config_lib.cpu_sized_digits(config, batch_size=32, total_kimg=160.0)
   config.checkpoint_every_steps = 1000
   config.sample_every_steps = 1000

@@ -12,13 +12,17 @@ A sweep file defines `get_config(arg)` returning a namespace (or dict) with
   eval          dict(extractor='digits'|'inception', num_samples, batch_size, seed, ...):
                 fields of an evaluator (gandance_jax/evaluation/evaluators/)
   grids         {grid_name: dict(runs=[...], mode, scales=[...], num_opposite=[...],
-                psi=[...], schedules={name: '4:1.5,8:1.5,16:1.0'})}
-Every cell (grid, run, mode, |C|, scale or schedule, psi) is evaluated once: results are
-appended to <outdir>/results.jsonl as they finish and a rerun skips the cells already there.
+                psi=[...], schedules={name: '4:1.5,8:1.5,16:1.0'}, eval_seed=N)}
+                (eval_seed: the grid's samples from another seed than eval['seed'], to
+                measure the sampling noise of a cell)
+Every cell (grid, run, mode, |C|, scale or schedule, psi, eval seed) is evaluated once:
+results are appended to <outdir>/results.jsonl as they finish and a rerun skips the cells
+already there.
 Outputs: report.html (the tables and plots below in one self-contained page), results.csv,
 results.md (one table per grid) and PNG plots:
   fid_vs_scale.png (Table 1: FID vs scale per |C| and learned), fid_vs_psi.png (Table 3),
-  fid_vs_p.png (Fig. 6), layerwise.png (Fig. 4), classifier_vs_scale.png (Table S1).
+  fid_vs_p.png (Fig. 6), layerwise.png (Fig. 4), classifier_vs_scale.png (Table S1); grids
+  named reset*, psi* and seed* (cells repeated on another training seed) have no scale curve.
 Library logs go to <outdir>/log.txt; each run's own log to its workdir's log.txt.
 """
 
@@ -40,8 +44,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # cwd=REPO): import that library, not another installed copy.
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
-METRICS = ("fid", "class_accuracy", "classifier_score", "target_probability",
-           "inception_score", "precision", "recall")
+# digit_accuracy / style_accuracy: the two halves of a digits100 class (extractor 'digits100').
+METRICS = ("fid", "class_accuracy", "digit_accuracy", "style_accuracy", "classifier_score",
+           "target_probability", "inception_score", "precision", "recall")
 
 
 def load_py_config(path: str) -> Any:
@@ -56,8 +61,12 @@ def load_py_config(path: str) -> Any:
 
 
 def cell_key(cell: dict[str, Any]) -> str:
-  return json.dumps({k: cell[k] for k in ("grid", "run", "mode", "num_opposite", "scale",
-                                          "schedule", "psi")}, sort_keys=True)
+  key = {k: cell[k] for k in ("grid", "run", "mode", "num_opposite", "scale", "schedule",
+                              "psi")}
+  # Only where a grid sets it, so the cells of older results.jsonl files keep their keys.
+  if cell.get("eval_seed") is not None:
+    key["eval_seed"] = cell["eval_seed"]
+  return json.dumps(key, sort_keys=True)
 
 
 def expand_cells(sweep: Any) -> list[dict[str, Any]]:
@@ -71,6 +80,7 @@ def expand_cells(sweep: Any) -> list[dict[str, Any]]:
     psis = list(g.get("psi", [1.0]))
     schedules = dict(g.get("schedules", {}))
     scales = list(g.get("scales", [1.0])) if not schedules else [None]
+    extra = {} if g.get("eval_seed") is None else {"eval_seed": int(g["eval_seed"])}
     for run in runs:
       if run not in sweep.runs:
         raise SystemExit(f"grid {grid_name!r} refers to unknown run {run!r}; "
@@ -83,7 +93,7 @@ def expand_cells(sweep: Any) -> list[dict[str, Any]]:
                                 scale=None if scale is None else float(scale),
                                 schedule=sched,
                                 schedule_spec=schedules.get(sched) if sched else None,
-                                psi=float(psi)))
+                                psi=float(psi), **extra))
   return cells
 
 
@@ -154,9 +164,12 @@ def evaluate_cells(sweep: Any, outdir: str, cells: list[dict[str, Any]]) -> None
     G, g_vars, config, step = loaded[run]
     if run not in eval_data:
       eval_data[run] = evaluators.EvalData(outdir, config.data)
+    eval_fields = dict(sweep.eval)
+    if cell.get("eval_seed") is not None:
+      eval_fields["seed"] = cell["eval_seed"]
     spec = evaluators.parse_spec("sweep", dict(
         type="fid", mode=cell["mode"], num_opposite=cell["num_opposite"],
-        truncation_psi=cell["psi"], **dict(sweep.eval)))
+        truncation_psi=cell["psi"], **eval_fields))
     if cell["schedule_spec"]:
       scale = guidance.layerwise_scale(G, guidance.parse_layer_scales(cell["schedule_spec"]))
     else:
@@ -185,7 +198,7 @@ def _fmt(v: Any) -> str:
   return "" if v is None else str(v)
 
 
-_CELL_COLUMNS = ["grid", "run", "mode", "num_opposite", "scale", "schedule", "psi"]
+_CELL_COLUMNS = ["grid", "run", "mode", "num_opposite", "scale", "schedule", "psi", "eval_seed"]
 
 
 def grid_tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -243,9 +256,10 @@ def write_plots(outdir: str, rows: list[dict[str, Any]]) -> list[str]:
         groups.setdefault(key_fn(r), []).append((r[x], r[metric]))
     return {k: sorted(v) for k, v in groups.items()}
 
-  # Table 1 / S1 curves: the scale grids at psi = 1 (the p and psi grids have their own plots).
+  # Table 1 / S1 curves: the scale grids at psi = 1 (the p and psi grids have their own plots;
+  # 'seed' grids repeat cells on another training seed, read from the tables).
   by_scale = [r for r in rows if r.get("schedule") is None and r.get("psi") == 1.0
-              and not r["grid"].startswith(("reset", "psi"))]
+              and not r["grid"].startswith(("reset", "psi", "seed"))]
   label = lambda r: (f"training-free |C|={r['num_opposite'] or 'all'}"
                      if r["mode"] == "training_free" else r["mode"]) + (
                          f" ({r['run']})" if len({x['run'] for x in by_scale}) > 1 else "")

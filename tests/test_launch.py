@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -52,6 +53,80 @@ def test_sweep_cells_expand_from_the_paper_grids():
   assert grids == {"table1_training_free": 18, "table1_learned": 6, "psi_learned": 6,
                    "reset_p": 8, "layerwise": 4}
   assert len({sweep_lib.cell_key(c) for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize("arg", ["", ":shrink"])
+def test_digits100_sweep_names_valid_fields_and_the_paper_grids(arg):
+  """Every run's overrides name existing fields of configs/digits100.py and give a valid config
+  (a typo would otherwise surface only when main.py starts that run, an hour into the
+  sweep); the cells are the issue's grids. Loads files only: no training, no evaluation."""
+  from gandance_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from tests import _mp_common  # pylint: disable=g-import-not-at-top
+  sweep = sweep_lib.load_py_config(str(REPO_ROOT / f"configs/sweeps/digits100.py{arg}"))
+  assert sweep.eval["extractor"] == "digits100"
+  for run, values in sweep.runs.items():
+    config = sweep_lib.load_py_config(str(REPO_ROOT / sweep.base_config))
+    merged = {**sweep.overrides, **values}
+    for dotted in merged:
+      node = config
+      for part in dotted.split("."):
+        assert part in node, f"run {run!r}: {dotted!r} is not a field of {sweep.base_config}"
+        node = node[part]
+    config_lib.validate_config(_mp_common.set_fields(config, merged))
+  cells = sweep_lib.expand_cells(sweep)
+  assert len({sweep_lib.cell_key(c) for c in cells}) == len(cells)
+  grids = {}
+  for c in cells:
+    grids[c["grid"]] = grids.get(c["grid"], 0) + 1
+  if arg:
+    assert grids == {"table1_training_free": 1, "table1_learned": 2, "layerwise": 1}
+    return
+  # 3 |C| x 5 scales; 5 scales; 2 scales x 2 psi; 3 runs x 2 scales; on the second
+  # training seed and on the second eval seed 2 scales and 1 cell; 4 schedules.
+  assert grids == {"table1_training_free": 15, "table1_learned": 5, "psi_learned": 4,
+                   "reset_p": 6, "seed_learned": 2, "seed_training_free": 1,
+                   "seed_eval_learned": 2, "seed_eval_training_free": 1, "layerwise": 4}
+  # The eval-seed cells repeat table1 cells (same run, mode, |C|, scale) on another seed.
+  table1 = {(c["run"], c["mode"], c["num_opposite"], c["scale"]) for c in cells
+            if c["grid"].startswith("table1")}
+  for c in cells:
+    if c["grid"].startswith("seed_eval"):
+      assert c["eval_seed"] != sweep.eval["seed"]
+      assert (c["run"], c["mode"], c["num_opposite"], c["scale"]) in table1
+  assert {c["num_opposite"] for c in cells if c["mode"] == "training_free"} == {5, 20, 100}
+  assert {sweep.runs[r]["train.label_reset_prob"] for r in sweep.runs} == {0.0, 0.1, 0.2}
+  # The extra seed repeats the run the grids use, with only the seeds changed.
+  seeded = [r for r in sweep.runs if sweep.runs[r].get("seed")]
+  assert len(seeded) == 1
+  base = {k: v for k, v in sweep.runs[seeded[0]].items() if "seed" not in k}
+  assert base in [sweep.runs[c["run"]] for c in cells if c["grid"].startswith("table1")]
+
+
+def test_sweep_eval_seed_grid_is_a_new_cell_and_old_keys_stay():
+  """A grid's eval_seed makes its cells distinct from the same cells on the sweep's seed, and
+  cells without it keep the key they had before the field existed (old results.jsonl rows
+  are still found, so a rerun does not recompute them)."""
+  sweep = types.SimpleNamespace(runs={"r": {}}, grids={
+      "a": dict(runs=["r"], mode="learned", scales=[1.5]),
+      "a2": dict(runs=["r"], mode="learned", scales=[1.5], eval_seed=1)})
+  plain, seeded = sweep_lib.expand_cells(sweep)
+  assert "eval_seed" not in plain and seeded["eval_seed"] == 1
+  old_row = dict(grid="a", run="r", mode="learned", num_opposite=0, scale=1.5,
+                 schedule=None, psi=1.0, fid=1.0)
+  assert sweep_lib.cell_key(old_row) == sweep_lib.cell_key(plain)
+  assert sweep_lib.cell_key({**seeded, "grid": "a"}) != sweep_lib.cell_key(plain)
+
+
+def test_sweep_tables_show_digit_and_style_accuracy():
+  """digits100 cells carry the digit / style halves of the class accuracy into the tables."""
+  rows = [dict(grid="g", run="r", mode="learned", num_opposite=0, scale=s, schedule=None,
+               psi=1.0, fid=f, class_accuracy=0.5, digit_accuracy=d, style_accuracy=0.75)
+          for s, f, d in ((1.0, 3.0, 0.875), (1.5, 2.0, 0.625))]
+  (name, header, table), = sweep_lib.grid_tables(rows)
+  assert name == "g"
+  assert header == ["scale", "fid", "class_accuracy", "digit_accuracy", "style_accuracy"]
+  assert table == [["1.000", "3.000", "0.500", "0.875", "0.750"],
+                   ["1.500", "2.000", "0.500", "0.625", "0.750"]]
 
 
 def test_sweep_end_to_end_resumes(tmp_path):
