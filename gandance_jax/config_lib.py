@@ -13,6 +13,7 @@ import ml_collections
 
 from gandance_jax import errors, guidance, images
 from gandance_jax.data import base as data_base
+from gandance_jax.data import digits as digits_data
 from gandance_jax.networks import base
 from gandance_jax.networks import families
 from gandance_jax.train import augment_pipe
@@ -33,8 +34,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data: see gandance_jax/data (name in digits, cifar10, imagenet_resized/32x32,
   # imagenet_resized/64x64, npz, folder, mixture_8gaussians, mixture_25gaussians).
+  # max_images: 0 = all, else a fixed class-stratified subset of that many training images
+  # (data/base.py stratified_subset; 'digits' only), e.g. ADA's limited-data experiments.
   config.data = ml_collections.ConfigDict(dict(
-      name="digits", resolution=resolution, xflip=False, path="", data_dir="", seed=0))
+      name="digits", resolution=resolution, xflip=False, path="", data_dir="", seed=0,
+      max_images=0))
 
   # Networks: keyword arguments of stylegan2.Generator / stylegan2.Discriminator.
   config.generator = ml_collections.ConfigDict(dict(
@@ -281,10 +285,27 @@ def _validate_biggan(config: ml_collections.ConfigDict) -> None:
           "trains from scratch ('')")
 
 
+def _validate_max_images(data: ml_collections.ConfigDict) -> None:
+  """data.max_images: 0 (all) or a subset size within the dataset ('digits' only)."""
+  if "max_images" not in data:  # a config saved before the field existed
+    return
+  _positive_int(data, "max_images", "data", allow_zero=True)
+  value = data.max_images
+  if not value:
+    return
+  if data.name != "digits":
+    _fail("data.max_images", value, f"subsets are supported for data.name='digits' only "
+          f"(got {data.name!r}); 0 = all images")
+  if value > digits_data.NUM_IMAGES:
+    _fail("data.max_images", value, f"must be <= the {digits_data.NUM_IMAGES} digits images "
+          "(0 = all)")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> hparams_lib.HParams:
   """The typed, frozen hyper-parameters of a valid config (what everything below the entry
   point takes); raises ConfigError naming the first invalid field (and the allowed values)."""
   _choice(config.data, "name", DATA_NAMES, "data")
+  _validate_max_images(config.data)
   g, d, t = config.generator, config.discriminator, config.train
   is_toy = config.data.name.startswith("mixture_")
   family = g.get("family", families.DEFAULT)

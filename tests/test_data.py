@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from gandance_jax import data
+from gandance_jax import config_lib, data
 from gandance_jax.data import base, folder
 
 
@@ -151,6 +151,64 @@ def test_batches_defaults_to_jax_process():
   src = data.make_source({"name": "digits", "resolution": 8, "seed": 0})
   batch = next(src.batches(16))
   np.testing.assert_array_equal(batch["label"], src.global_batch_at(0, 16)["label"])
+
+
+# ----------------------------------------------------------------------------- data.max_images
+
+
+def test_max_images_is_a_fixed_stratified_subset():
+  full = data.make_source({"name": "digits", "resolution": 8, "seed": 0})
+  src = data.make_source({"name": "digits", "resolution": 8, "seed": 3, "max_images": 300})
+  assert src.num_examples == 300
+  # 1797 digits with 174..183 images per class: 300 * n_c / 1797 is 29.05..30.55, so every
+  # class gets 29..31 and the counts differ from the exact quotas by less than one image.
+  counts = np.bincount(src.labels, minlength=10)
+  quotas = 300 * np.bincount(full.labels, minlength=10) / full.num_examples
+  assert counts.sum() == 300 and np.all(np.abs(counts - quotas) < 1), (counts, quotas)
+  # The images are training images, each once: match every subset image to the full set.
+  keep = base.stratified_subset(full.labels, 300, num_classes=10)
+  assert len(np.unique(keep)) == 300
+  np.testing.assert_array_equal(src.images, full.images[keep])
+  np.testing.assert_array_equal(src.labels, full.labels[keep])
+  # The same images whatever data.seed (it only reorders the batches) ...
+  other = data.make_source({"name": "digits", "resolution": 8, "seed": 4, "max_images": 300})
+  np.testing.assert_array_equal(other.images, src.images)
+  assert not np.array_equal(other.indices_at(0, 64), src.indices_at(0, 64))
+  # ... while the subset seed picks others, and a smaller cut keeps the balance too.
+  assert not np.array_equal(base.stratified_subset(full.labels, 300, 10, seed=1), keep)
+  assert np.bincount(full.labels[base.stratified_subset(full.labels, 10, 10)],
+                     minlength=10).tolist() == [1] * 10
+  # Largest remainders: quotas 1.5 / 0.5 / 1.0 of 3 from 6 labels (3, 1, 2) -> 2, 0, 1 (the
+  # tie between classes 0 and 1 at remainder 0.5 goes to the lower id).
+  small = base.stratified_subset(np.array([0, 0, 0, 1, 2, 2]), 3, 3)
+  assert np.bincount(np.array([0, 0, 0, 1, 2, 2])[small], minlength=3).tolist() == [2, 0, 1]
+  assert data.make_source({"name": "digits", "resolution": 8, "max_images": 0}
+                          ).num_examples == full.num_examples
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"name": "digits", "max_images": 1798}, r"data\.max_images must be an int in \[1, 1797\]"),
+    ({"name": "digits", "max_images": -1}, r"data\.max_images must be an int"),
+    ({"name": "digits", "max_images": 2.5}, r"data\.max_images must be an int"),
+    ({"name": "npz", "path": "x.npz", "max_images": 10},
+     r"data\.max_images = 10 is supported for data\.name='digits' only"),
+])
+def test_max_images_errors_name_the_field(cfg, message):
+  with pytest.raises(ValueError, match=message):
+    data.make_source(cfg)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("digits", 1798, r"config\.data\.max_images = 1798 is invalid: must be <= the 1797"),
+    ("digits", -5, r"config\.data\.max_images = -5 is invalid: must be an integer >= 0"),
+    ("cifar10", 300, r"config\.data\.max_images = 300 .*'digits' only"),
+])
+def test_config_validates_max_images(name, value, message):
+  config = config_lib.base_config()
+  config.data.name = name
+  config.data.max_images = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate_config(config)
 
 
 # ----------------------------------------------------------------------------- npz

@@ -48,6 +48,10 @@ SOURCE_NAMES = ("digits", "digits100") + TFDS_NAMES + ("npz", "folder") + MIXTUR
 # of the same (seed, step) are independent streams (mixtures2d adds 'MIXT').
 _PERM_TAG = 0x5045524D  # 'PERM'
 _FLIP_TAG = 0x464C4950  # 'FLIP'
+_SUBSET_TAG = 0x53554253  # 'SUBS'
+# The seed of `stratified_subset`: fixed, not data.seed, so that runs with different seeds
+# (which reorder the batches) still train on the same images.
+SUBSET_SEED = 0
 
 
 # ----------------------------------------------------------------------------- validation
@@ -73,6 +77,55 @@ def check_bool(value: Any, field: str) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise ValueError(f"{field} must be True or False, got {value!r}")
   return bool(value)
+
+
+def check_max_images(value: Any, num_examples: int, field: str = "data.max_images") -> int:
+  """Returns `value` as an int if it is 0 (all images) or in [1, num_examples], else raises
+  ValueError naming the field."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+      0 <= value <= num_examples):
+    raise ValueError(f"{field} must be an int in [1, {num_examples}] (the dataset size) or 0 "
+                     f"(all images), got {value!r}")
+  return int(value)
+
+
+def stratified_subset(labels: np.ndarray, num_images: int, num_classes: int,
+                      seed: int = SUBSET_SEED) -> np.ndarray:
+  """int64 [num_images]: sorted indices of a class-stratified subset of a labelled dataset.
+
+  Each class c gets floor(num_images * n_c / N) images (n_c its count, N = len(labels)) and
+  the images left over go one each to the classes with the largest remainders (ties to the
+  lower class id), so class frequencies are kept to within one image. Within a class the
+  images are the first of a permutation drawn from `default_rng([seed, SUBS, c])`: the subset
+  depends only on (labels, num_images, seed), never on data.seed or the step, so every run
+  with the same `data.max_images` trains on the same images (stylegan2-ada-pytorch's
+  `--subset` draws a plain random subset; stratifying keeps a 300-image cut of 10 classes
+  from being unbalanced by chance).
+
+  Args:
+    labels: int [N] class ids in [0, num_classes).
+    num_images: subset size in [1, N].
+    num_classes: number of classes K.
+    seed: non-negative int (default `SUBSET_SEED`).
+  """
+  labels = np.asarray(labels)
+  n = labels.shape[0]
+  check_max_images(num_images, n)
+  if num_images < 1:
+    raise ValueError(f"stratified_subset needs num_images >= 1, got {num_images}")
+  counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
+  exact = num_images * counts  # quota * N, kept in integers so the remainders are exact
+  quota = exact // n
+  remainder = exact - quota * n
+  # Largest remainder first; lexsort's last key is the primary one, ties go to the lower id.
+  order = np.lexsort((np.arange(num_classes), -remainder))
+  quota[order[:num_images - int(quota.sum())]] += 1
+  picked = []
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    perm = np.random.default_rng([seed, _SUBSET_TAG, c]).permutation(len(members))
+    picked.append(members[perm[:quota[c]]])
+  return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 def process_layout(global_batch_size: Any, process_index: int | None,

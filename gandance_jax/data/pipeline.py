@@ -48,6 +48,8 @@ def make_source(data_config: Any) -> base.Source:
     channels: optional 1 or 3 (npz / folder; None = native).
     num_classes: optional (npz / folder; None = max label + 1 / number of sub-folders).
     shuffle_buffer: optional tf.data shuffle buffer (tfds sources; default 10_000).
+    max_images: 0 (all images) or train on a fixed class-stratified subset of this many
+      images (`base.stratified_subset`: the same images for every seed); 'digits' only.
   Raises:
     ValueError naming the field for unknown names or bad values.
   """
@@ -57,6 +59,10 @@ def make_source(data_config: Any) -> base.Source:
   xflip = base.check_bool(_get(data_config, "xflip", False), "data.xflip")
   seed = base.check_seed(_get(data_config, "seed", 0))
   resolution = _get(data_config, "resolution")
+  max_images = _get(data_config, "max_images", 0) or 0
+  if max_images and name != "digits":
+    raise ValueError(f"data.max_images = {max_images!r} is supported for data.name='digits' "
+                     f"only (got data.name={name!r}); 0 = all images")
 
   if name in base.MIXTURE_NAMES:
     if xflip:
@@ -69,6 +75,9 @@ def make_source(data_config: Any) -> base.Source:
 
   if name == "digits":
     images, labels = load_digits(resolution if resolution is not None else 16)
+    if base.check_max_images(max_images, len(labels)):
+      keep = base.stratified_subset(labels, max_images, num_classes=10)
+      images, labels = images[keep], labels[keep]
     return base.ArraySource(images, labels, num_classes=10, xflip=xflip, seed=seed,
                        name=name, class_names=tuple(str(i) for i in range(10)))
 
