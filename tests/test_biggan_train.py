@@ -31,7 +31,9 @@ def tiny_config(**overrides):
   The in-process step tests use num_D_steps=1 (one D step to compile: the compile is
   what these tests cost); the 4-device test keeps 2 (strided chunks over 4 shards)."""
   config = biggan_digits.get_config("shrink")
-  config.train.update(dict(label_reset_prob=0.5, ema_start=2, standing_stats=0))
+  # ema_decay pinned: test_step_updates_networks_buffers_and_ema checks BigGAN's 0.999.
+  config.train.update(dict(label_reset_prob=0.5, ema_start=2, ema_decay=0.999,
+                           standing_stats=0))
   return common.set_fields(config, {k.replace("__", "."): v for k, v in overrides.items()})
 
 
