@@ -15,8 +15,8 @@ Measured (configs as of commit 3d68162, i.e. ema_decay 0.999; `--mode=all`, 1500
 `nice -n 19` on the 2 shared cores at load average ~9: 51.7 min wall, 1371 s user CPU; on 2
 idle cores a side-by-side step timing put it at ~11 min): class accuracy of G EMA samples
 0.503 (1000 samples, plain conditional; FID 39.3 on the digits classifier's features),
-short of the 0.8 asked. Why (same checkpoint, /tmp/bg_diag.py of that session): G itself
-scores 0.973, G EMA with 16 standing-statistics passes 0.539, G EMA with learned guidance
+short of the 0.8 asked. Why (same checkpoint, the same classifier evaluator, 1000 samples):
+G itself (the train state's g_params and batch_stats) scores 0.973, G EMA with 16 standing-statistics passes 0.539, G EMA with learned guidance
 0.639 at scale 1.4 and 0.751 at 2.0. The EMA, not BN statistics, is the cause: with decay
 0.999 from step 300 the step-300 copy still weighs 0.999^1200 = 0.30 at step 1500 (horizon
 1000 of 1200 steps), and G learns the class conditioning late (the step-500 grid barely
