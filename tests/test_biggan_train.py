@@ -31,7 +31,9 @@ def tiny_config(**overrides):
   The in-process step tests use num_D_steps=1 (one D step to compile: the compile is
   what these tests cost); the 4-device test keeps 2 (strided chunks over 4 shards)."""
   config = biggan_digits.get_config("shrink")
-  config.train.update(dict(label_reset_prob=0.5, ema_start=2, standing_stats=0))
+  # ema_decay pinned: test_step_updates_networks_buffers_and_ema checks BigGAN's 0.999.
+  config.train.update(dict(label_reset_prob=0.5, ema_start=2, ema_decay=0.999,
+                           standing_stats=0))
   return common.set_fields(config, {k.replace("__", "."): v for k, v in overrides.items()})
 
 
@@ -311,3 +313,42 @@ def test_main_mode_all_on_biggan_digits_shrink(tmp_path):
           (workdir / "eval_metrics.jsonl").read_text().splitlines()[-1]))
   assert (workdir / "grid_final.png").exists()
   assert any(p.suffix == ".png" for p in (workdir / "samples").rglob("*"))
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+@pytest.mark.parametrize("arg", ["", "shrink"])
+def test_digits_biggan_sweep_cells_fit_the_generator(arg):
+  """configs/sweeps/digits_biggan.py: the Fig. 6b grid over the 4 reset probabilities, and
+  layer-wise schedules whose resolutions are exactly BigGAN's ws rows (4 = the linear
+  layer's row, then the blocks' outputs 8, 16, 32): guidance.layerwise_scale accepts each."""
+  from gandance_jax import guidance  # pylint: disable=g-import-not-at-top
+  from launch import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  sweep = sweep_lib.load_py_config(os.path.join(REPO, "configs/sweeps/digits_biggan.py")
+                                   + (f":{arg}" if arg else ""))
+  cells = sweep_lib.expand_cells(sweep)
+  assert len({sweep_lib.cell_key(c) for c in cells}) == len(cells)
+  config = sweep_lib.load_py_config(os.path.join(REPO, sweep.base_config))
+  G, _ = state_lib.build_models(config_lib.validate_config(config))
+  assert G.ws_resolutions() == [4, 8, 16, 32]
+  schedules = [c["schedule_spec"] for c in cells if c["schedule_spec"]]
+  assert schedules
+  for spec in schedules:
+    scales = guidance.layerwise_scale(G, guidance.parse_layer_scales(spec))
+    assert scales.shape == (G.num_ws,)
+  if not arg:
+    grids = {}
+    for c in cells:
+      grids[c["grid"]] = grids.get(c["grid"], 0) + 1
+    # 3 |C| x 6 scales; 6 scales; 4 runs x 2 scales (Fig. 6b); 4 schedules.
+    assert grids == {"table1_training_free": 18, "table1_learned": 6, "reset_p": 8,
+                     "layerwise": 4}
+    assert sorted(sweep.runs) == ["p0", "p0.1", "p0.2", "p0.5"]
+    assert [sweep.runs[r]["train.label_reset_prob"] for r in ("p0", "p0.1", "p0.2", "p0.5")
+            ] == [0.0, 0.1, 0.2, 0.5]
+    # An existing run of the base config can stand in for p0.1 (launch/sweep.py's `workdir`).
+    reuse = sweep_lib.load_py_config(os.path.join(REPO, "configs/sweeps/digits_biggan.py")
+                                     + ":p01=/some/run")
+    assert sweep_lib.run_workdir(reuse, "/out", "p0.1") == "/some/run"
+    assert sweep_lib.run_workdir(reuse, "/out", "p0") == "/out/runs/p0"

@@ -27,7 +27,8 @@ def _load(resolution: int) -> tuple[np.ndarray, np.ndarray]:
   images = bunch.images.astype(np.float32) / 16.0 * 2.0 - 1.0  # [N, 8, 8] in [-1, 1]
   images = images[..., None]  # NHWC, one channel
   if resolution != 8:
-    with jax.default_device(jax.devices("cpu")[0]):
+    # A local device: in multi-process runs jax.devices()[0] belongs to process 0 only.
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
       images = np.asarray(
           jax.image.resize(images, (images.shape[0], resolution, resolution, 1),
                            method="linear", antialias=False))
