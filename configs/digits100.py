@@ -34,11 +34,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # at 1.05x the digits step).
   # 160 kimg = 5000 steps of 32 (~9 epochs of the 17,970 images). DiffAugment without
   # 'color': colour is half of the class here.
-  # Measured on the shared 2-core CPU (load 5-11, docs/sweep_digits100/): 150-360 images/s
-  # (5-11 steps/s); 2500 steps took 9.1 min with start-up and compile, so these 5000 steps
-  # take ~15-18 min at that load (~9 min at 10 steps/s on a quieter machine). Not run to
-  # the end here: the sweep trains 2500 steps. At 2500 steps the samples get the style
-  # nearly half of the time but the digit only at chance (docs/sweep_digits100/README.md).
+  # Measured on the shared 2-core CPU (other jobs running, docs/sweep_digits100/): 94-570
+  # images/s (3-18 steps/s); steps 0-2500 took 7.2-9.6 min per run and the 2500->5000 resume
+  # 4.6-10.5 min (277-633 s) with start-up and compile, so these 5000 steps take 12-20 min
+  # at that load. At 5000 steps the unguided samples get the style 0.80-0.89 of the time
+  # and the digit 0.13-0.29 (at 2500: style 0.34-0.57, digit at chance;
+  # docs/sweep_digits100/README.md).
   config_lib.cpu_sized_digits(config, batch_size=32, total_kimg=160.0)
   config.checkpoint_every_steps = 1000
   config.sample_every_steps = 1000
