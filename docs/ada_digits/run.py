@@ -26,7 +26,7 @@ import csv
 import os
 import subprocess
 import sys
-import time
+import types
 
 import numpy as np
 
@@ -34,6 +34,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:  # drive and import the checkout this file lives in
   sys.path.insert(0, REPO)
 
+sys.path.insert(0, os.path.join(REPO, "launch"))
+import sweep as sweep_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gandance_jax.train import curves  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ARMS = ("none", "diffaugment", "ada")
@@ -45,7 +47,7 @@ ARM_COLORS = {"none": "tab:gray", "diffaugment": "tab:blue", "ada": "tab:red"}
 
 
 def arm_overrides(arm: str, args: argparse.Namespace) -> dict[str, object]:
-  """The config fields of one arm (everything else is shared, see `run_command`)."""
+  """The config fields of one arm (everything else is shared, see `run_values`)."""
   if arm == "none":
     return {"train.augment": "none"}
   if arm == "diffaugment":
@@ -57,18 +59,20 @@ def arm_overrides(arm: str, args: argparse.Namespace) -> dict[str, object]:
   raise SystemExit(f"--arms: unknown arm {arm!r}; known arms are {list(ARMS)}")
 
 
-def run_command(arm: str, seed: int, workdir: str, reference: str,
-                args: argparse.Namespace) -> list[str]:
-  values = {
+def run_values(arm: str, seed: int, reference: str,
+               args: argparse.Namespace) -> dict[str, object]:
+  """The `--config.<field>=<value>` overrides of one run of docs/ada_digits/config.py."""
+  return {
       "seed": seed, "data.seed": seed, "data.max_images": args.max_images,
       "train.total_kimg": args.steps * BATCH_SIZE / 1000,
       "evals.fid.num_samples": args.num_samples, "evals.fid.every_steps": args.eval_every,
       "evals.fid.reference": reference, "sample_every_steps": args.steps,
       **arm_overrides(arm, args),
   }
-  return [sys.executable, "-m", "gandance_jax.main", f"--config={CONFIG}",
-          f"--workdir={workdir}", "--mode=train",
-          *[f"--config.{k}={v}" for k, v in values.items()]]
+
+
+def run_name(arm: str, seed: int) -> str:
+  return f"{arm}_s{seed}"
 
 
 def full_reference(workroot: str) -> str:
@@ -85,19 +89,14 @@ def full_reference(workroot: str) -> str:
 
 
 def train_all(args: argparse.Namespace, runs: list[tuple[str, int]]) -> None:
+  """Trains the runs with launch/sweep.py's runner: `python -m gandance_jax.main
+  --mode=train` in <workroot>/runs/<arm>_s<seed>, skipped once it has written TRAINING_DONE
+  (the seconds it took), resumed from its checkpoint if interrupted."""
   reference = full_reference(args.workroot)
-  for arm, seed in runs:
-    workdir = os.path.join(args.workroot, "runs", f"{arm}_s{seed}")
-    done = os.path.join(workdir, "TRAINING_DONE")
-    if os.path.exists(done):
-      print(f"[ada_digits] {arm} seed {seed}: done, skipped", flush=True)
-      continue
-    cmd = run_command(arm, seed, workdir, reference, args)
-    print(f"[ada_digits] {arm} seed {seed}: {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, check=True, cwd=REPO)
-    with open(done, "w") as f:
-      f.write(f"{time.time() - t0:.1f} s\n")
+  plan = types.SimpleNamespace(base_config=CONFIG, overrides={}, runs={
+      run_name(arm, seed): run_values(arm, seed, reference, args) for arm, seed in runs})
+  for name in plan.runs:
+    sweep_lib.train_run(plan, args.workroot, name)
 
 
 # ----------------------------------------------------------------------------- report
@@ -115,7 +114,7 @@ def _window_mean(series: dict[int, float], start: int) -> float:
 def collect(args: argparse.Namespace, runs: list[tuple[str, int]]) -> list[dict]:
   rows = []
   for arm, seed in runs:
-    workdir = os.path.join(args.workroot, "runs", f"{arm}_s{seed}")
+    workdir = os.path.join(args.workroot, "runs", run_name(arm, seed))
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(os.path.join(workdir, "TRAINING_DONE")):
       print(f"[ada_digits] {arm} seed {seed}: not finished, left out of the report")
