@@ -64,9 +64,10 @@ def tiny_hparams(**overrides: Any):
   return config_lib.validate_config(tiny_config(**overrides))
 
 
-def tiny_flags(**overrides: Any) -> list[str]:
-  """The tiny config as command-line overrides of configs/digits.py:shrink."""
-  values = dict(TINY)
+def tiny_flags(tiny: bool = True, **overrides: Any) -> list[str]:
+  """The tiny config as command-line overrides of configs/digits.py:shrink (only
+  `overrides` when not `tiny`, e.g. for another config file)."""
+  values = dict(TINY) if tiny else {}
   values.update({k.replace("__", "."): v for k, v in overrides.items()})
   return [f"--config.{k}={v}" for k, v in values.items()]
 
@@ -81,12 +82,12 @@ def free_port() -> int:
 
 def main_command(workdir: str | os.PathLike, cache_dir: str | os.PathLike,
                  *extra: str, config: str = "configs/digits.py:shrink", full_log: bool = True,
-                 **overrides: Any) -> list[str]:
+                 tiny: bool = True, **overrides: Any) -> list[str]:
   # full_log: the whole log on stderr (--alsologtostderr), as the tests that read a run's
   # INFO lines (resumed, started, preempted) need; the terminal a user sees is full_log=False.
   return [sys.executable, "-m", "gandance_jax.main", f"--config={config}",
           f"--workdir={workdir}", f"--compilation_cache_dir={cache_dir}",
-          *tiny_flags(**overrides), *extra, *(["--alsologtostderr"] if full_log else [])]
+          *tiny_flags(tiny, **overrides), *extra, *(["--alsologtostderr"] if full_log else [])]
 
 
 def subprocess_env(num_devices: int = 1) -> dict[str, str]:
@@ -117,11 +118,11 @@ class Trainer:
   block the process, and with it any process waiting on it in a collective)."""
 
   def __init__(self, workdir, cache_dir, *extra: str, log_path, num_devices: int = 1,
-               config: str = "configs/digits.py:shrink", **overrides: Any):
+               config: str = "configs/digits.py:shrink", tiny: bool = True, **overrides: Any):
     self.log_path = pathlib.Path(log_path)
     self._log = open(self.log_path, "w")
     self.proc = subprocess.Popen(main_command(workdir, cache_dir, *extra, config=config,
-                                              **overrides),
+                                              tiny=tiny, **overrides),
                                  cwd=REPO, env=subprocess_env(num_devices),
                                  stdout=subprocess.DEVNULL, stderr=self._log, text=True)
 

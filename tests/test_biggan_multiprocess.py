@@ -10,7 +10,6 @@ Slow (excluded from CI): each process compiles BigGAN's phases; ~6 min in all un
 from __future__ import annotations
 
 import pathlib
-import sys
 from typing import Any
 
 import jax
@@ -31,10 +30,8 @@ OVERRIDES = {
 }
 
 
-def _command(workdir: pathlib.Path, cache: pathlib.Path, *extra: str) -> list[str]:
-  return [sys.executable, "-m", "gandance_jax.main", f"--config={CONFIG}",
-          f"--workdir={workdir}", f"--compilation_cache_dir={cache}", "--mode=train",
-          *[f"--config.{k}={v}" for k, v in OVERRIDES.items()], *extra, "--alsologtostderr"]
+def _flags() -> list[str]:
+  return [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + ["--mode=train"]
 
 
 def _loss_rows(workdir: pathlib.Path) -> dict[int, dict[str, Any]]:
@@ -46,31 +43,24 @@ def _loss_rows(workdir: pathlib.Path) -> dict[int, dict[str, Any]]:
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
   cache = tmp_path / "xla"
-  one = subprocess.run(_command(tmp_path / "one", cache), cwd=common.REPO,
-                       env=common.subprocess_env(), capture_output=True, text=True,
-                       timeout=900, check=False)
+  one = common.run_main(tmp_path / "one", cache, *_flags(), config=CONFIG, tiny=False,
+                        timeout=900)
   assert one.returncode == 0, one.stderr[-5000:]
 
   port = common.free_port()
-  procs, logs = [], []
-  for i in range(2):
-    logs.append(open(tmp_path / f"process_{i}.log", "w"))
-    # Logs to files: a pipe nobody reads could fill up and block a process in a collective.
-    procs.append(subprocess.Popen(
-        _command(tmp_path / "two", cache, f"--coordinator_address=localhost:{port}",
-                 "--num_processes=2", f"--process_id={i}"),
-        cwd=common.REPO, env=common.subprocess_env(), stdout=subprocess.DEVNULL,
-        stderr=logs[i], text=True))
+  trainers = [common.Trainer(tmp_path / "two", cache, *_flags(),
+                             f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                             f"--process_id={i}", log_path=tmp_path / f"process_{i}.log",
+                             config=CONFIG, tiny=False)
+              for i in range(2)]
   try:
-    codes = [p.wait(timeout=900) for p in procs]
+    codes = [t.wait(timeout=900) for t in trainers]
   finally:
-    for p, f in zip(procs, logs):
-      if p.poll() is None:
-        p.kill()
-      f.close()
-  texts = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
+    for t in trainers:
+      if t.proc.poll() is None:
+        t.proc.kill()
+  texts = [t.log() for t in trainers]
   assert codes == [0, 0], "\n".join(t[-3000:] for t in texts)
   assert "on 2 devices (2 processes)" in texts[0]
 
