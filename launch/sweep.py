@@ -289,16 +289,34 @@ def write_plots(outdir: str, rows: list[dict[str, Any]]) -> list[str]:
     save(fig, "fid_vs_psi.png")
   p_rows = [r for r in rows if r["grid"].startswith("reset")]
   if p_rows:
+    # One curve per guidance mode (when a sweep guides its p runs both ways) and scale.
+    p_modes = {(r["mode"], r.get("num_opposite")) for r in p_rows}
+    mode_of = lambda r: ("" if len(p_modes) == 1 else (
+        f"training-free |C|={r['num_opposite'] or 'all'}, " if r["mode"] == "training_free"
+        else f"{r['mode']}, "))
+    run_p = lambda r: float(r["run"].lstrip("p"))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for scale in sorted({r["scale"] for r in p_rows}):
-      pts = sorted((float(r["run"].lstrip("p")), r["fid"]) for r in p_rows
-                   if r["scale"] == scale)
-      ax.plot(*zip(*pts), marker="o", label=f"scale {scale:g}")
+    by_p: dict[str, list[tuple[float, float]]] = {}
+    for r in sorted(p_rows, key=lambda r: (mode_of(r), r["scale"])):
+      by_p.setdefault(f"{mode_of(r)}scale {r['scale']:g}", []).append((run_p(r), r["fid"]))
+    for k, pts in by_p.items():
+      ax.plot(*zip(*sorted(pts)), marker="o", label=k)
     ax.set_xlabel("label reset probability p")
     ax.set_ylabel("FID")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     save(fig, "fid_vs_p.png")
+    # The paper's Fig. 6 layout: FID vs guidance scale, one curve per p (and mode).
+    if len({r["scale"] for r in p_rows}) > 2:
+      fig, ax = plt.subplots(figsize=(6, 4))
+      for k, pts in series(p_rows, "scale", lambda r: f"{mode_of(r)}p = {run_p(r):g}",
+                           "fid").items():
+        ax.plot(*zip(*pts), marker="o", label=k)
+      ax.set_xlabel("guidance scale")
+      ax.set_ylabel("FID")
+      ax.legend(fontsize=7)
+      ax.grid(alpha=0.3)
+      save(fig, "fid_vs_scale_by_p.png")
   lw = [r for r in rows if r.get("schedule")]
   if lw:
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -341,9 +341,10 @@ def test_digits_biggan_sweep_cells_fit_the_generator(arg):
     grids = {}
     for c in cells:
       grids[c["grid"]] = grids.get(c["grid"], 0) + 1
-    # 3 |C| x 6 scales; 6 scales; 4 runs x 2 scales (Fig. 6b); 4 schedules.
-    assert grids == {"table1_training_free": 18, "table1_learned": 6, "reset_p": 8,
-                     "layerwise": 4}
+    # 3 |C| x 6 scales; 6 scales; 4 runs x 6 scales, learned and training-free (Fig. 6b);
+    # 4 schedules.
+    assert grids == {"table1_training_free": 18, "table1_learned": 6, "reset_p": 24,
+                     "reset_p_training_free": 24, "layerwise": 4}
     assert sorted(sweep.runs) == ["p0", "p0.1", "p0.2", "p0.5"]
     assert [sweep.runs[r]["train.label_reset_prob"] for r in ("p0", "p0.1", "p0.2", "p0.5")
             ] == [0.0, 0.1, 0.2, 0.5]

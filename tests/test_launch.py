@@ -129,6 +129,34 @@ def test_sweep_tables_show_digit_and_style_accuracy():
                    ["1.500", "2.000", "0.500", "0.625", "0.750"]]
 
 
+def test_sweep_reset_p_plots_keep_modes_apart_and_draw_fig6(tmp_path, monkeypatch):
+  """Reset-p grids guided two ways (learned and training-free) give one FID-vs-p curve per
+  (mode, scale) and, with more than two scales, the paper's Fig. 6 layout (FID vs scale, one
+  curve per mode and p); the points of a curve are its own mode's."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import axes  # pylint: disable=g-import-not-at-top
+  drawn = []
+  original = axes.Axes.plot
+  def plot(self, *args, **kwargs):
+    drawn.append((kwargs.get("label"), [list(a) for a in args]))
+    return original(self, *args, **kwargs)
+  monkeypatch.setattr(axes.Axes, "plot", plot)
+  fid = lambda mode, p, s: (10 if mode == "learned" else 20) + 100 * p + s
+  rows = [dict(grid=g, run=f"p{p:g}", mode=mode, num_opposite=n, scale=s, schedule=None,
+               psi=1.0, fid=fid(mode, p, s))
+          for g, mode, n in (("reset_p", "learned", 0), ("reset_p_tf", "training_free", 10))
+          for p in (0.0, 0.1, 0.5) for s in (1.0, 1.5, 2.0)]
+  written = sweep_lib.write_plots(str(tmp_path), rows)
+  assert {os.path.basename(w) for w in written} == {"fid_vs_p.png", "fid_vs_scale_by_p.png"}
+  curves = dict(drawn)
+  assert len(curves) == len(drawn) == 6 + 6
+  assert curves["learned, scale 1.5"] == [[0.0, 0.1, 0.5], [fid("learned", p, 1.5)
+                                                           for p in (0.0, 0.1, 0.5)]]
+  assert curves["training-free |C|=10, p = 0.1"] == [
+      [1.0, 1.5, 2.0], [fid("training_free", 0.1, s) for s in (1.0, 1.5, 2.0)]]
+
+
 def test_sweep_end_to_end_resumes(tmp_path):
   """Trains the shrink run, evaluates 3 cells, then a rerun recomputes nothing."""
   out = tmp_path / "sweep"

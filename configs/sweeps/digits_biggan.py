@@ -7,8 +7,9 @@
 
 Four training runs of configs/biggan_digits.py that differ only in the label-reset
 probability p, then FID (digits-classifier features) vs guidance scale for training-free
-GANdance with |C| in {2, 5, 10} and for the learned variant (Table 1), vs p (Fig. 6b), and
-layer-wise schedules (Fig. 4), as configs/sweeps/digits_mini.py does for StyleGAN2.
+GANdance with |C| in {2, 5, 10} and for the learned variant (Table 1), per p (Fig. 6b: every
+scale, learned and training-free), and layer-wise schedules (Fig. 4), as
+configs/sweeps/digits_mini.py does for StyleGAN2.
 
 BigGAN's ws rows (networks/biggan.py) are [y, z_i] per slot: row 0 (resolution 4) feeds the
 unconditional first linear layer, so its scale changes nothing; rows 1-3 condition the
@@ -42,8 +43,12 @@ def get_config(arg: str = "") -> types.SimpleNamespace:
       "table1_training_free": dict(runs=["p0.1"], mode="training_free",
                                    num_opposite=[2, 5, 10], scales=scales),
       "table1_learned": dict(runs=["p0.1"], mode="learned", scales=scales),
-      "reset_p": dict(runs=["p0", "p0.1", "p0.2", "p0.5"], mode="learned",
-                      scales=[1.0, 1.4]),
+      # Fig. 6b: FID vs guidance scale, one curve per p. Learned guidance at p = 0 steers
+      # away from an empty-class embedding that was never trained (its initial values), so
+      # the same runs are also guided training-free (|C| = 10), which needs no empty class.
+      "reset_p": dict(runs=["p0", "p0.1", "p0.2", "p0.5"], mode="learned", scales=scales),
+      "reset_p_training_free": dict(runs=["p0", "p0.1", "p0.2", "p0.5"],
+                                    mode="training_free", num_opposite=[10], scales=scales),
       "layerwise": dict(runs=["p0.1"], mode="learned", schedules={
           "all 1.4": "4:1.4,8:1.4,16:1.4,32:1.4",
           "<=16: 1.6, 32: 1.0": "4:1.6,8:1.6,16:1.6,32:1.0",
