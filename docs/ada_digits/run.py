@@ -67,8 +67,26 @@ def run_values(arm: str, seed: int, reference: str,
       "train.total_kimg": args.steps * BATCH_SIZE / 1000,
       "evals.fid.num_samples": args.num_samples, "evals.fid.every_steps": args.eval_every,
       "evals.fid.reference": reference, "sample_every_steps": args.steps,
-      **arm_overrides(arm, args),
+      **args.shared, **arm_overrides(arm, args),
   }
+
+
+def parse_set(text: str) -> dict[str, object]:
+  """'a.b=1,c=0.5,d=x' -> {'a.b': 1, 'c': 0.5, 'd': 'x'} (ints, floats, else strings)."""
+  out: dict[str, object] = {}
+  for item in (i for i in text.split(",") if i):
+    field, sep, value = item.partition("=")
+    if not sep or not field:
+      raise SystemExit(f"--set: expected field=value, got {item!r}")
+    for cast in (int, float):
+      try:
+        out[field] = cast(value)
+        break
+      except ValueError:
+        continue
+    else:
+      out[field] = value
+  return out
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -148,7 +166,8 @@ def write_tables(args: argparse.Namespace, rows: list[dict]) -> None:
   lines = [f"# ADA on {args.max_images} digits: final FID (digits features, 1000 samples, "
            "reference = all 1797 digits)", "",
            f"{args.steps} steps of {BATCH_SIZE} ({args.steps * BATCH_SIZE / 1000:g} kimg); "
-           "mean +- sample std over seeds (ddof=1).", "",
+           "mean +- sample std over seeds (ddof=1)."
+           + (f" Every arm: {args.set.replace(',', ', ')}." if args.set else ""), "",
            "| arm | runs | final FID | min / max | best FID in run | class acc. | "
            "p (2nd half) | E[sign] (2nd half) |", "|---|---|---|---|---|---|---|---|"]
   for arm in args.arms:
@@ -232,8 +251,13 @@ def main() -> None:
   parser.add_argument("--ada_kimg", type=float, default=5.0)
   parser.add_argument("--num_samples", type=int, default=1000)
   parser.add_argument("--eval_every", type=int, default=250)
+  parser.add_argument("--set", default="",
+                      help="comma-separated field=value overrides of every arm, e.g. a wider D "
+                           "that overfits: discriminator.channel_base=1024,"
+                           "discriminator.channel_max=128,train.r1_gamma=0.01")
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args()
+  args.shared = parse_set(args.set)
   args.arms = [a for a in args.arms.split(",") if a]
   for arm in args.arms:
     arm_overrides(arm, args)  # fail on an unknown arm before training anything
