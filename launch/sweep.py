@@ -256,6 +256,16 @@ def write_plots(outdir: str, rows: list[dict[str, Any]]) -> list[str]:
         groups.setdefault(key_fn(r), []).append((r[x], r[metric]))
     return {k: sorted(v) for k, v in groups.items()}
 
+  def lines(groups, xlabel, ylabel, name):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, pts in groups.items():
+      ax.plot(*zip(*pts), marker="o", label=k)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    save(fig, name)
+
   # Table 1 / S1 curves: the scale grids at psi = 1 (the p and psi grids have their own plots;
   # 'seed' grids repeat cells on another training seed, read from the tables).
   by_scale = [r for r in rows if r.get("schedule") is None and r.get("psi") == 1.0
@@ -268,55 +278,27 @@ def write_plots(outdir: str, rows: list[dict[str, Any]]) -> list[str]:
                                 "classifier score")):
     groups = series(by_scale, "scale", label, metric)
     if groups and any(len(v) > 1 for v in groups.values()):
-      fig, ax = plt.subplots(figsize=(6, 4))
-      for k, pts in groups.items():
-        ax.plot(*zip(*pts), marker="o", label=k)
-      ax.set_xlabel("guidance scale")
-      ax.set_ylabel(ylabel)
-      ax.legend(fontsize=7)
-      ax.grid(alpha=0.3)
-      save(fig, name)
+      lines(groups, "guidance scale", ylabel, name)
   psi_rows = [r for r in rows if r.get("schedule") is None and r["grid"].startswith("psi")]
   groups = series(psi_rows, "psi", lambda r: f"{r['mode']} scale {r['scale']:g}", "fid")
   if groups:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k, pts in groups.items():
-      ax.plot(*zip(*pts), marker="o", label=k)
-    ax.set_xlabel("truncation psi")
-    ax.set_ylabel("FID")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    save(fig, "fid_vs_psi.png")
+    lines(groups, "truncation psi", "FID", "fid_vs_psi.png")
+  # Fig. 6: the reset-p runs ('p<value>'), one curve per guidance mode (when a sweep guides
+  # its p runs both ways) and scale; with more than two scales also the paper's own layout,
+  # FID vs scale, one curve per p (and mode).
   p_rows = [r for r in rows if r["grid"].startswith("reset")]
+  p_modes = {(r["mode"], r.get("num_opposite")) for r in p_rows}
+  mode_of = lambda r: ("" if len(p_modes) == 1 else (
+      f"training-free |C|={r['num_opposite'] or 'all'}, " if r["mode"] == "training_free"
+      else f"{r['mode']}, "))
+  p_rows = sorted((dict(r, p=float(r["run"].lstrip("p"))) for r in p_rows),
+                  key=lambda r: (mode_of(r), r["scale"], r["p"]))
   if p_rows:
-    # One curve per guidance mode (when a sweep guides its p runs both ways) and scale.
-    p_modes = {(r["mode"], r.get("num_opposite")) for r in p_rows}
-    mode_of = lambda r: ("" if len(p_modes) == 1 else (
-        f"training-free |C|={r['num_opposite'] or 'all'}, " if r["mode"] == "training_free"
-        else f"{r['mode']}, "))
-    run_p = lambda r: float(r["run"].lstrip("p"))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    by_p: dict[str, list[tuple[float, float]]] = {}
-    for r in sorted(p_rows, key=lambda r: (mode_of(r), r["scale"])):
-      by_p.setdefault(f"{mode_of(r)}scale {r['scale']:g}", []).append((run_p(r), r["fid"]))
-    for k, pts in by_p.items():
-      ax.plot(*zip(*sorted(pts)), marker="o", label=k)
-    ax.set_xlabel("label reset probability p")
-    ax.set_ylabel("FID")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    save(fig, "fid_vs_p.png")
-    # The paper's Fig. 6 layout: FID vs guidance scale, one curve per p (and mode).
-    if len({r["scale"] for r in p_rows}) > 2:
-      fig, ax = plt.subplots(figsize=(6, 4))
-      for k, pts in series(p_rows, "scale", lambda r: f"{mode_of(r)}p = {run_p(r):g}",
-                           "fid").items():
-        ax.plot(*zip(*pts), marker="o", label=k)
-      ax.set_xlabel("guidance scale")
-      ax.set_ylabel("FID")
-      ax.legend(fontsize=7)
-      ax.grid(alpha=0.3)
-      save(fig, "fid_vs_scale_by_p.png")
+    lines(series(p_rows, "p", lambda r: f"{mode_of(r)}scale {r['scale']:g}", "fid"),
+          "label reset probability p", "FID", "fid_vs_p.png")
+  if len({r["scale"] for r in p_rows}) > 2:
+    lines(series(p_rows, "scale", lambda r: f"{mode_of(r)}p = {r['p']:g}", "fid"),
+          "guidance scale", "FID", "fid_vs_scale_by_p.png")
   lw = [r for r in rows if r.get("schedule")]
   if lw:
     fig, ax = plt.subplots(figsize=(6, 4))

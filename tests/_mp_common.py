@@ -72,6 +72,25 @@ def tiny_flags(tiny: bool = True, **overrides: Any) -> list[str]:
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
+# configs/biggan_digits.py:shrink (ch 2, 32x32, batch 8 = 2 D steps of 4) with every phase
+# within a few steps: label reset with p = 1/2, G EMA from step 2, DiffAugment; no sampling
+# or evaluation (the BigGAN trainer tests are about the train step).
+BIGGAN_CONFIG = "configs/biggan_digits.py:shrink"
+
+
+def biggan_flags(num_steps: int, **overrides: Any) -> list[str]:
+  """--config overrides (plus --mode=train) of a `num_steps`-step BigGAN trainer run;
+  `overrides` use '__' for '.' as in tiny_config."""
+  values = {
+      "train.label_reset_prob": 0.5, "train.total_kimg": num_steps * 8 / 1000,
+      "train.ema_start": 2, "train.standing_stats": 0, "log_every_steps": 1,
+      "checkpoint_every_steps": 100, "sample_every_steps": 100,
+      "evals.class_accuracy.final": False,
+  }
+  values.update({k.replace("__", "."): v for k, v in overrides.items()})
+  return [f"--config.{k}={v}" for k, v in values.items()] + ["--mode=train"]
+
+
 def free_port() -> int:
   """A TCP port free on localhost now (for a jax.distributed coordinator)."""
   import socket  # pylint: disable=g-import-not-at-top

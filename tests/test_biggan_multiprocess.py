@@ -18,20 +18,12 @@ import pytest
 
 from tests import _mp_common as common
 
-CONFIG = "configs/biggan_digits.py:shrink"  # ch 2, 32x32, batch 8 = 2 D steps of 4
+CONFIG = common.BIGGAN_CONFIG
 NUM_STEPS = 4
-# Every phase in 4 steps: label reset with p = 1/2, EMA from step 2, DiffAugment; no
-# sampling or evaluation (this test is about the train step).
-OVERRIDES = {
-    "train.label_reset_prob": 0.5, "train.total_kimg": NUM_STEPS * 8 / 1000,
-    "train.ema_start": 2, "train.standing_stats": 0, "log_every_steps": 1,
-    "checkpoint_every_steps": 100, "sample_every_steps": 100,
-    "evals.class_accuracy.final": False,
-}
 
 
 def _flags() -> list[str]:
-  return [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + ["--mode=train"]
+  return common.biggan_flags(NUM_STEPS)
 
 
 def _loss_rows(workdir: pathlib.Path) -> dict[int, dict[str, Any]]:

@@ -20,22 +20,17 @@ import pytest
 
 from tests import _mp_common as common
 
-CONFIG = "configs/biggan_digits.py:shrink"  # ch 2, 32x32, batch 8 = 2 D steps of 4
+CONFIG = common.BIGGAN_CONFIG
 NUM_STEPS = 12
-# Label reset with p = 1/2 (its mask is part of the resumed randomness), EMA from step 2,
-# DiffAugment; a checkpoint every 2 steps so that steps remain after the first one.
-OVERRIDES = {
-    "train.label_reset_prob": 0.5, "train.total_kimg": NUM_STEPS * 8 / 1000,
-    "train.ema_start": 2, "train.standing_stats": 0, "log_every_steps": 1,
-    "checkpoint_every_steps": 2, "sample_every_steps": 100,
-    "evals.class_accuracy.final": False,
-}
-LOSS_KEYS = ("loss/G", "loss/D", "loss/D_real", "loss/D_fake", "scores/real", "scores/fake",
-             "ema_beta")
 
 
 def _flags() -> list[str]:
-  return [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + ["--mode=train"]
+  # A checkpoint every 2 steps, so that steps remain after the first one.
+  return common.biggan_flags(NUM_STEPS, checkpoint_every_steps=2)
+
+
+LOSS_KEYS = ("loss/G", "loss/D", "loss/D_real", "loss/D_fake", "scores/real", "scores/fake",
+             "ema_beta")
 
 
 def _trainer(workdir, cache, log_path) -> common.Trainer:
