@@ -256,10 +256,10 @@ def write_plots(outdir: str, rows: list[dict[str, Any]]) -> list[str]:
         groups.setdefault(key_fn(r), []).append((r[x], r[metric]))
     return {k: sorted(v) for k, v in groups.items()}
 
-  def lines(groups, xlabel, ylabel, name):
+  def lines(groups, xlabel, ylabel, name, styles=None):
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, pts in groups.items():
-      ax.plot(*zip(*pts), marker="o", label=k)
+      ax.plot(*zip(*pts), marker="o", label=k, **(styles or {}).get(k, {}))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
@@ -293,12 +293,20 @@ def write_plots(outdir: str, rows: list[dict[str, Any]]) -> list[str]:
       else f"{r['mode']}, "))
   p_rows = sorted((dict(r, p=float(r["run"].lstrip("p"))) for r in p_rows),
                   key=lambda r: (mode_of(r), r["scale"], r["p"]))
+  # The same colour for the same scale (or p) in every mode, a dashed line for training-free.
+  def styled(key_fn, colour_of):
+    values = sorted({colour_of(r) for r in p_rows})
+    return {key_fn(r): dict(color=f"C{values.index(colour_of(r)) % 10}",
+                            linestyle="--" if r["mode"] == "training_free" else "-")
+            for r in p_rows}
+  by_scale_key = lambda r: f"{mode_of(r)}scale {r['scale']:g}"
+  by_p_key = lambda r: f"{mode_of(r)}p = {r['p']:g}"
   if p_rows:
-    lines(series(p_rows, "p", lambda r: f"{mode_of(r)}scale {r['scale']:g}", "fid"),
-          "label reset probability p", "FID", "fid_vs_p.png")
+    lines(series(p_rows, "p", by_scale_key, "fid"), "label reset probability p", "FID",
+          "fid_vs_p.png", styled(by_scale_key, lambda r: r["scale"]))
   if len({r["scale"] for r in p_rows}) > 2:
-    lines(series(p_rows, "scale", lambda r: f"{mode_of(r)}p = {r['p']:g}", "fid"),
-          "guidance scale", "FID", "fid_vs_scale_by_p.png")
+    lines(series(p_rows, "scale", by_p_key, "fid"), "guidance scale", "FID",
+          "fid_vs_scale_by_p.png", styled(by_p_key, lambda r: r["p"]))
   lw = [r for r in rows if r.get("schedule")]
   if lw:
     fig, ax = plt.subplots(figsize=(6, 4))

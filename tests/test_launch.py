@@ -132,14 +132,16 @@ def test_sweep_tables_show_digit_and_style_accuracy():
 def test_sweep_reset_p_plots_keep_modes_apart_and_draw_fig6(tmp_path, monkeypatch):
   """Reset-p grids guided two ways (learned and training-free) give one FID-vs-p curve per
   (mode, scale) and, with more than two scales, the paper's Fig. 6 layout (FID vs scale, one
-  curve per mode and p); the points of a curve are its own mode's."""
+  curve per mode and p); the points of a curve are its own mode's, its colour its p's (or
+  scale's) in every mode."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import axes  # pylint: disable=g-import-not-at-top
-  drawn = []
+  drawn, styles = [], {}
   original = axes.Axes.plot
   def plot(self, *args, **kwargs):
     drawn.append((kwargs.get("label"), [list(a) for a in args]))
+    styles[kwargs.get("label")] = (kwargs.get("color"), kwargs.get("linestyle"))
     return original(self, *args, **kwargs)
   monkeypatch.setattr(axes.Axes, "plot", plot)
   fid = lambda mode, p, s: (10 if mode == "learned" else 20) + 100 * p + s
@@ -155,6 +157,10 @@ def test_sweep_reset_p_plots_keep_modes_apart_and_draw_fig6(tmp_path, monkeypatc
                                                            for p in (0.0, 0.1, 0.5)]]
   assert curves["training-free |C|=10, p = 0.1"] == [
       [1.0, 1.5, 2.0], [fid("training_free", 0.1, s) for s in (1.0, 1.5, 2.0)]]
+  # One colour per p (per scale) across the modes; training-free dashed.
+  assert styles["learned, p = 0.1"] == ("C1", "-")
+  assert styles["training-free |C|=10, p = 0.1"] == ("C1", "--")
+  assert styles["training-free |C|=10, scale 2"] == ("C2", "--")
 
 
 def test_sweep_end_to_end_resumes(tmp_path):
