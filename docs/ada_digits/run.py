@@ -71,21 +71,15 @@ def run_values(arm: str, seed: int, reference: str,
   }
 
 
-def parse_set(text: str) -> dict[str, object]:
-  """'a.b=1,c=0.5,d=x' -> {'a.b': 1, 'c': 0.5, 'd': 'x'} (ints, floats, else strings)."""
-  out: dict[str, object] = {}
+def parse_set(text: str) -> dict[str, str]:
+  """'a.b=1,c=x' -> {'a.b': '1', 'c': 'x'}: the values go onto the command line as
+  `--config.a.b=1`, where the config's field types parse them."""
+  out: dict[str, str] = {}
   for item in (i for i in text.split(",") if i):
     field, sep, value = item.partition("=")
     if not sep or not field:
       raise SystemExit(f"--set: expected field=value, got {item!r}")
-    for cast in (int, float):
-      try:
-        out[field] = cast(value)
-        break
-      except ValueError:
-        continue
-    else:
-      out[field] = value
+    out[field] = value
   return out
 
 
